@@ -1,0 +1,152 @@
+"""The view vocabulary: burnt-in OCR text -> canonical view, and views -> super-classes.
+
+The vocabulary is data (`fusc_lib/vocab/views.yaml`), not code, because every hospital types view
+names its own way; a data team extends the file instead of patching the matcher.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+UNKNOWN = "unknown"
+_SHORT_ALIAS = 3  # aliases this short must match a whole word, exactly
+_NON_ALNUM = re.compile(r"[^0-9A-Z]+")
+
+
+def _squash(text: str) -> str:
+    """Upper-case and drop every separator: '4 ch', '4-CH' and '4CH' become '4CH'."""
+    return _NON_ALNUM.sub("", text.upper())
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _NON_ALNUM.split(text.upper()) if w]
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """True when `a` becomes `b` with at most one substitution, insertion or deletion."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i + (len(a) == len(b)):] == b[i + 1:]
+
+
+@dataclass(frozen=True)
+class Alias:
+    squashed: str
+    label: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class ViewMatch:
+    """The view the text names (`unknown` when none) and how sure we are, in [0, 1]."""
+
+    view: str
+    confidence: float
+    text: str = ""
+
+
+class ViewVocabulary:
+    """Maps OCR text to one of the canonical views, a super-class, or `unknown`."""
+
+    def __init__(self, spec: dict):
+        self.super_classes: dict[str, list[str]] = spec["super_classes"]
+        self.views: list[str] = list(spec["views"])
+        self._aliases = self._build_aliases(spec)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "ViewVocabulary":
+        """Read a vocabulary file; the packaged default when `path` is None."""
+        if path is None:
+            text = resources.files("fusc_lib.vocab").joinpath("views.yaml").read_text()
+        else:
+            text = Path(path).read_text()
+        return cls(yaml.safe_load(text))
+
+    @staticmethod
+    def _build_aliases(spec: dict) -> list[Alias]:
+        aliases = [Alias(_squash(a), view, 1.0)
+                   for view, entry in spec["views"].items() for a in entry["aliases"]]
+        aliases += [Alias(_squash(a), region, 1.0)
+                    for region, names in spec.get("regions", {}).items() for a in names]
+        measurements = spec.get("measurements", {})
+        weight = float(measurements.get("weight", 1.0))
+        aliases += [Alias(_squash(a), view, weight)
+                    for view, names in measurements.get("labels", {}).items() for a in names]
+        # Longest first: "THREE VESSEL TRACHEA" must win over "CORD" style short words.
+        return sorted(aliases, key=lambda a: -len(a.squashed))
+
+    @property
+    def labels(self) -> list[str]:
+        """Every value `match` can return."""
+        return self.views + list(self.super_classes) + [UNKNOWN]
+
+    def super_class(self, view: str) -> str:
+        """The super-class of a view (a super-class maps to itself; anything else to unknown)."""
+        if view in self.super_classes:
+            return view
+        for name, members in self.super_classes.items():
+            if view in members:
+                return name
+        return UNKNOWN
+
+    def match_line(self, line: str) -> Alias | None:
+        """The best alias named by one line of screen text, or None."""
+        words = _words(line)
+        squashed_line = "".join(words)
+        if not squashed_line:
+            return None
+        for alias in self._aliases:
+            if len(alias.squashed) <= _SHORT_ALIAS:
+                if alias.squashed in words or alias.squashed == squashed_line:
+                    return alias
+            elif self._long_alias_in(alias.squashed, words):
+                return alias
+        return None
+
+    @staticmethod
+    def _long_alias_in(alias: str, words: list[str]) -> bool:
+        """A long alias matches a run of consecutive words, allowing one OCR slip."""
+        for start in range(len(words)):
+            joined = ""
+            for word in words[start:]:
+                joined += word
+                if len(joined) > len(alias) + 1:
+                    break
+                if joined == alias or (len(alias) >= 5 and _within_one_edit(joined, alias)):
+                    return True
+        return False
+
+    def match(self, lines: Iterable[tuple[str, float]]) -> ViewMatch:
+        """Map the text lines of one image (text, OCR confidence) to a view.
+
+        The strongest match wins: OCR confidence times the alias weight, longer aliases first on
+        ties. Lines that name no view are ignored, so machine text (dates, presets) costs nothing.
+        """
+        best: tuple[float, int, ViewMatch] | None = None
+        for text, ocr_confidence in lines:
+            alias = self.match_line(text)
+            if alias is None:
+                continue
+            score = float(ocr_confidence) * alias.weight
+            candidate = (score, len(alias.squashed), ViewMatch(alias.label, score, text))
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+        return best[2] if best else ViewMatch(UNKNOWN, 0.0)
+
+
+@lru_cache(maxsize=8)
+def load_vocabulary(path: str | None = None) -> ViewVocabulary:
+    """Cached `ViewVocabulary.load`, for per-image callers."""
+    return ViewVocabulary.load(path)
