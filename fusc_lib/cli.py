@@ -1,2 +1,117 @@
+"""The `fusc` command line: one command per stage, all sharing --workdir and --ray-address.
+
+Commands import their job lazily, so `fusc --help` answers at once without loading Ray or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
-app = typer.Typer()
+from rich.console import Console
+from rich.table import Table
+
+from fusc_lib.store import DEFAULT_WORKDIR
+
+app = typer.Typer(
+    name="fusc",
+    help="Sort archives of fetal ultrasound scans into anatomical views without labels (FUSC).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+WorkdirOption = Annotated[str, typer.Option(
+    "--workdir", envvar="FUSC_WORKDIR",
+    help="Folder or URI holding the LanceDB tables, models and reports of this archive.")]
+RayAddressOption = Annotated[Optional[str], typer.Option(
+    "--ray-address", envvar="RAY_ADDRESS",
+    help="Ray cluster to run on (e.g. ray://head:10001); default: a local Ray for this job.")]
+
+
+@app.callback()
+def main() -> None:
+    """Sort archives of fetal ultrasound scans into anatomical views without labels (FUSC).
+
+    Stages write LanceDB tables under --workdir (env FUSC_WORKDIR, default ./fusc-work).
+    """
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[Optional[list[str]], typer.Argument(
+        help="Folders (searched recursively), globs, files or URIs (s3://...) of scans.")] = None,
+    manifest: Annotated[Optional[str], typer.Option(
+        help="CSV or Parquet with a `path` column and optional site, patient, study.")] = None,
+    ocr_engine: Annotated[Optional[str], typer.Option(
+        help="easyocr | tesseract | none. Fixed per workdir by its first ingest "
+             "[default: easyocr].")] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        help="Side in pixels of the stored square image. Fixed per workdir [default: 256].")] = None,
+    vocabulary: Annotated[Optional[Path], typer.Option(
+        help="View vocabulary YAML (OCR text -> view) instead of the built-in one.",
+        exists=True, dir_okay=False)] = None,
+    max_megapixels: Annotated[Optional[float], typer.Option(
+        help="Refuse larger images as possible decompression bombs [default: 100].")] = None,
+    keep_ocr_text: Annotated[bool, typer.Option(
+        help="Store the raw OCR text. Off by default: burnt-in text can hold patient names.")
+    ] = False,
+    retry_quarantined: Annotated[bool, typer.Option(
+        help="Try files of this input that an earlier run quarantined again.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Files per worker call.")] = 8,
+    concurrency: Annotated[Optional[int], typer.Option(
+        help="Ingest workers [default: one per CPU of the cluster].")] = None,
+    commit_rows: Annotated[int, typer.Option(
+        help="Rows per LanceDB commit: at most this much work is redone after a kill.")] = 256,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Read scans into the `scans` table: OCR'd view name, text inpainted, fan cropped, resized.
+
+    Files that cannot be used (corrupt, truncated, not an image, DICOM without pixels, too large)
+    go to the `quarantine` table with the reason; the job goes on. Running again adds only new
+    files, so an interrupted ingest is resumed by running the same command.
+    """
+    from fusc_lib.ingest import IngestConfig
+    from fusc_lib.preprocess import workdir_preprocess
+    from fusc_lib.sources import SourceError
+    from fusc_lib.store import Workdir
+    from jobs.ingest import run_ingest
+
+    if not paths and not manifest:
+        _fail("give at least one PATH or --manifest FILE (see fusc ingest --help)")
+    store = Workdir(workdir)
+    try:
+        config = IngestConfig(paths=paths or [], manifest=manifest, keep_ocr_text=keep_ocr_text,
+                              batch_size=batch_size, concurrency=concurrency,
+                              commit_rows=commit_rows, retry_quarantined=retry_quarantined)
+        preprocess = workdir_preprocess(store, {
+            "ocr_engine": ocr_engine, "image_size": image_size,
+            "vocabulary": str(vocabulary) if vocabulary else None,
+            "max_megapixels": max_megapixels})
+    except ValueError as error:  # invalid option values, or settings the workdir refuses
+        _fail(str(error))
+    try:
+        summary = run_ingest(store, config, preprocess, ray_address)
+    except SourceError as error:
+        _fail(str(error))
+    _print_ingest_summary(summary, store)
+
+
+def _print_ingest_summary(summary, store) -> None:
+    table = Table(title="fusc ingest", show_header=False)
+    table.add_row("files found", str(summary.files_found))
+    table.add_row("already in the workdir (skipped)", str(summary.files_already_done))
+    table.add_row("ingested (rows in scans)", str(summary.rows_ingested))
+    table.add_row("duplicates skipped (same content)", str(summary.duplicates_skipped))
+    table.add_row("quarantined", str(summary.quarantined))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    Console().print(table)
+    console.print(f"tables in {store.lancedb_uri} (scans, quarantine)")

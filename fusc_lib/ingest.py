@@ -1,0 +1,155 @@
+"""Per-file ingest: a batch of sources becomes `scans` rows and `quarantine` rows.
+
+Pure Python (no Ray): the ingest job maps this over the archive; tests call it directly.
+Each file fails alone: whatever goes wrong with it becomes a quarantine row with the stage and the
+reason, and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from fusc_lib.io import BadInput, DecodedScan, content_id, decode, frame_id
+from fusc_lib.preprocess import (PREPROCESS_VERSION, PreparedFrame, PreprocessConfig,
+                                 Preprocessor, encode_png)
+from fusc_lib.privacy import hash_identifier
+from fusc_lib.sources import Source, read_bytes
+from fusc_lib.store import utc_now
+from schemas.tables import QUARANTINE_SCHEMA, SCANS_SCHEMA
+
+OCR_BATCH_FRAMES = 16  # frames prepared together: one OCR batch, bounded memory for cine loops
+
+# One schema for both kinds of row, so a Ray Data batch can carry both; the job splits them.
+KIND = pa.field("kind", pa.string(), nullable=False)  # "scan" | "quarantine"
+INGEST_OUTPUT_SCHEMA = pa.schema(
+    [KIND]
+    + [f.with_nullable(True) for f in SCANS_SCHEMA]
+    + [f.with_nullable(True) for f in QUARANTINE_SCHEMA if f.name not in SCANS_SCHEMA.names])
+
+
+@dataclass
+class _PendingFile:
+    source: Source
+    file_id: str
+    scan: DecodedScan
+    tags: dict = field(default_factory=dict)
+
+
+class ScanIngestor:
+    """Callable over batches of sources; holds the preprocessor (OCR model) for its lifetime."""
+
+    def __init__(self, config: PreprocessConfig, salt: str, keep_ocr_text: bool = False):
+        self.preprocessor = Preprocessor(config)
+        self.salt = salt
+        self.keep_ocr_text = keep_ocr_text
+        self.max_megapixels = config.max_megapixels
+
+    def __call__(self, sources: Sequence[Source]) -> pa.Table:
+        now = utc_now()
+        rows: list[dict] = []
+        pending = []
+        for source in sources:
+            try:
+                pending.append(self._open(source))
+            except BadInput as error:
+                rows.append(_quarantine_row(source.uri, None, error, now))
+            except Exception as error:  # a decoder bug must not cost the rest of the batch
+                rows.append(_quarantine_row(source.uri, None, BadInput(
+                    f"unexpected decode error: {type(error).__name__}: {error}"), now))
+        for file in pending:
+            rows.extend(self._frames_rows(file, now))
+        return pa.Table.from_pylist(rows, schema=INGEST_OUTPUT_SCHEMA)
+
+    def _open(self, source: Source) -> _PendingFile:
+        try:
+            data = read_bytes(source.uri)
+        except (OSError, ValueError) as error:
+            raise BadInput(f"unreadable path: {error}", stage="read") from None
+        scan = decode(data, source.uri, self.max_megapixels)
+        tags = {"site": source.site or scan.tags.get("site"),
+                "device": scan.tags.get("device"),
+                "patient_hash": hash_identifier(source.patient or scan.tags.get("patient"),
+                                                self.salt),
+                "study_hash": hash_identifier(source.study or scan.tags.get("study"), self.salt)}
+        return _PendingFile(source, content_id(data), scan, tags)
+
+    def _frames_rows(self, file: _PendingFile, now) -> Iterator[dict]:
+        """Rows for every frame of a file; a frame that fails is quarantined alone."""
+        frames = enumerate(file.scan.frames)
+        while True:
+            try:
+                batch = list(itertools.islice(frames, OCR_BATCH_FRAMES))
+            except BadInput as error:  # a later frame of a multi-frame file failed to decode
+                yield _quarantine_row(file.source.uri, None, error, now)
+                return
+            if not batch:
+                return
+            for (index, pixels), prepared in zip(batch, self._prepare(batch)):
+                if isinstance(prepared, BadInput):
+                    yield _quarantine_row(file.source.uri, index, prepared, now)
+                else:
+                    yield self._scan_row(file, index, pixels, prepared, now)
+
+    def _prepare(self, batch: list[tuple[int, np.ndarray]]) -> list[PreparedFrame | BadInput]:
+        """Prepare a batch together; if that fails, frame by frame to find the culprit."""
+        try:
+            return self.preprocessor.prepare([pixels for _, pixels in batch])
+        except Exception:
+            return [self._prepare_alone(pixels) for _, pixels in batch]
+
+    def _prepare_alone(self, pixels: np.ndarray) -> PreparedFrame | BadInput:
+        try:
+            return self.preprocessor.prepare([pixels])[0]
+        except Exception as error:
+            return BadInput(f"preprocessing failed: {type(error).__name__}: {error}", "preprocess")
+
+    def _scan_row(self, file: _PendingFile, index: int, pixels: np.ndarray,
+                  prepared: PreparedFrame, now) -> dict:
+        return {
+            "kind": "scan",
+            "image_id": frame_id(file.file_id, index, file.scan.n_frames),
+            "source_uri": file.source.uri,
+            "frame": index,
+            "width": int(pixels.shape[1]),
+            "height": int(pixels.shape[0]),
+            **file.tags,
+            "image": encode_png(prepared.pixels),
+            "pseudo_view": prepared.pseudo_view,
+            "ocr_confidence": prepared.ocr_confidence,
+            "ocr_text": prepared.ocr_text if self.keep_ocr_text else None,
+            "preprocess_version": PREPROCESS_VERSION,
+            "ingested_at": now,
+        }
+
+
+def _quarantine_row(uri: str, frame: int | None, error: BadInput, now) -> dict:
+    return {"kind": "quarantine", "source_uri": uri, "frame": frame,
+            "reason": error.reason, "stage": error.stage, "quarantined_at": now}
+
+
+def split_output(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(scans rows, quarantine rows) of an ingest output batch, each in its table's schema."""
+    kind = table.column("kind")
+    scans = table.filter(pc.equal(kind, "scan"))
+    quarantine = table.filter(pc.equal(kind, "quarantine"))
+    return (scans.select(SCANS_SCHEMA.names).cast(SCANS_SCHEMA),
+            quarantine.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA))
+
+
+class IngestConfig(BaseModel):
+    """Every option of `fusc ingest`; written to the workdir with each run."""
+
+    paths: list[str] = Field(default_factory=list, description="Folders, globs, files or URIs.")
+    manifest: str | None = Field(None, description="CSV/Parquet with path[,site,patient,study].")
+    keep_ocr_text: bool = Field(False, description="Store raw OCR text (may hold patient names).")
+    batch_size: int = Field(8, ge=1, description="Files per worker call (one OCR batch).")
+    concurrency: int | None = Field(None, ge=1, description="Ingest workers; None: one per CPU.")
+    commit_rows: int = Field(256, ge=1, description="Rows per LanceDB commit (work lost on a kill).")
+    retry_quarantined: bool = Field(False, description="Try quarantined files of the input again.")

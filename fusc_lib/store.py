@@ -1,0 +1,86 @@
+"""The workdir: one place that knows where every table and artifact of a run lives.
+
+A workdir is a local folder or an object-store URI (s3://...). LanceDB tables sit in
+`<workdir>/lancedb/`, models in `<workdir>/models/`, reports in `<workdir>/reports/`.
+Stages meet only through these, so each one can be rerun or run on another machine pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+import lancedb
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from schemas.tables import SCHEMAS
+
+DEFAULT_WORKDIR = "./fusc-work"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Workdir:
+    """Paths and tables of one FUSC workdir."""
+
+    def __init__(self, root: str = DEFAULT_WORKDIR):
+        if "://" not in root:
+            root = os.path.abspath(root)
+        self.root = root.rstrip("/")
+        self._db: lancedb.DBConnection | None = None
+
+    def path(self, *parts: str) -> str:
+        """A path (or URI) inside the workdir."""
+        return "/".join([self.root, *parts])
+
+    @property
+    def lancedb_uri(self) -> str:
+        return self.path("lancedb")
+
+    @property
+    def db(self) -> lancedb.DBConnection:
+        if self._db is None:
+            self._db = lancedb.connect(self.lancedb_uri)
+        return self._db
+
+    def table(self, name: str) -> lancedb.table.Table:
+        """Open a table, creating it empty with its schema from `schemas/` the first time."""
+        return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
+
+    def table_uri(self, name: str) -> str:
+        """The Lance dataset URI of a table, for Ray Data's read_lance / write_lance."""
+        return self.table(name).uri
+
+    def column(self, name: str, column: str) -> pa.ChunkedArray:
+        """One column of a table, read without touching the others (image bytes stay on disk)."""
+        return self.table(name).to_lance().to_table(columns=[column]).column(column)
+
+    def append(self, name: str, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.table(name).add(rows.select(SCHEMAS[name].names).cast(SCHEMAS[name]))
+
+    def delete_where(self, name: str, column: str, values: list[str]) -> None:
+        """Delete the rows whose `column` is one of `values` (in chunks: SQL IN lists stay short)."""
+        for start in range(0, len(values), 1000):
+            chunk = values[start:start + 1000]
+            quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in chunk)
+            self.table(name).delete(f"{column} IN ({quoted})")
+
+    # --- small JSON artifacts (configs the stages share) ---
+
+    def read_json(self, *parts: str) -> dict | None:
+        filesystem, path = pafs.FileSystem.from_uri(self.path(*parts))
+        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with filesystem.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+
+    def write_json(self, payload: dict, *parts: str) -> None:
+        filesystem, path = pafs.FileSystem.from_uri(self.path(*parts))
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(json.dumps(payload, indent=2, sort_keys=True).encode())

@@ -1,0 +1,32 @@
+"""Connecting to Ray: the one place a job starts or joins a cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import ray
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS); without one, start a local Ray.
+
+    Ray Data's own progress bars are turned off: jobs show one bar in the units a user counts
+    (files, images), not one per internal operator.
+    """
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        local = {} if address else {"include_dashboard": False}
+        with warnings.catch_warnings():  # Ray's processes are spawned, not forks of this one
+            warnings.filterwarnings("ignore", message=".*fork")
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_operator_progress_bars = False
+
+
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,0 +1,37 @@
+"""Arrow schemas of the LanceDB tables: the contract between stages (see ARCHITECTURE.md).
+
+One place defines each table; `fusc_lib.store` creates and opens them from here.
+"""
+
+import pyarrow as pa
+
+SCANS = "scans"
+QUARANTINE = "quarantine"
+
+SCANS_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),  # sha256 of the file (+ -fNNNN per frame)
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("frame", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),  # of the original frame
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("site", pa.string()),  # manifest `site`, else DICOM InstitutionName, else null
+    pa.field("device", pa.string()),  # DICOM Manufacturer + ManufacturerModelName
+    pa.field("patient_hash", pa.string()),  # salted hash; a patient id is never stored in clear
+    pa.field("study_hash", pa.string()),
+    pa.field("image", pa.binary(), nullable=False),  # preprocessed PNG, grey, size x size
+    pa.field("pseudo_view", pa.string(), nullable=False),  # from burnt-in text; `unknown` if none
+    pa.field("ocr_confidence", pa.float32(), nullable=False),
+    pa.field("ocr_text", pa.string()),  # only with --keep-ocr-text: may hold patient names
+    pa.field("preprocess_version", pa.string(), nullable=False),
+    pa.field("ingested_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+])
+
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("frame", pa.int32()),  # null when the whole file failed
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),  # read | decode | preprocess
+    pa.field("quarantined_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+])
+
+SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA}
