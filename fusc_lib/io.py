@@ -20,6 +20,12 @@ DEFAULT_MAX_MEGAPIXELS = 100.0
 Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, with a clearer reason
 
 _DICOM_NAMES = (".dcm", ".dicom", ".dic")
+_SIGNATURES = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF",
+               b"MM\x00*": "TIFF"}
+
+
+def _signature(data: bytes) -> str | None:
+    return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
 class BadInput(Exception):
@@ -86,6 +92,9 @@ def _decode_picture(data: bytes, max_megapixels: float) -> DecodedScan:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        known = _signature(data)
+        if known:
+            raise BadInput(f"corrupt {known} image: its header cannot be read") from None
         raise BadInput("not an image: unrecognised file signature") from None
     except Exception as error:  # PIL raises many types on broken headers
         raise BadInput(f"corrupt image header: {error}") from None

@@ -13,9 +13,11 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from fusc_lib.ocr.proposals import propose, to_gray
+from fusc_lib.ocr.proposals import pad_box, propose, to_gray
 
 Box = tuple[int, int, int, int]
+CROP_PAD = float(__import__("os").environ.get("CROP_PAD", 0.1))  # recognisers read best with a slim margin (x word height)
+COVER_PAD = 0.2   # returned boxes are wider, so inpainting covers anti-aliased glyph edges
 LINE_GAP = 1.0  # neighbouring words on one line join when the gap is under this x their height
 
 
@@ -78,6 +80,11 @@ def join_words(words: Sequence[TextLine]) -> list[TextLine]:
     return sorted(joined, key=lambda t: (t.box[1], t.box[0]))
 
 
+def _crop(gray: np.ndarray, box: Box, pad: float) -> np.ndarray:
+    x0, y0, x1, y1 = pad_box(box, gray.shape, pad)
+    return gray[y0:y1, x0:x1]
+
+
 Recognise = Callable[[list[np.ndarray]], list[tuple[str, float]]]
 
 
@@ -90,11 +97,12 @@ def read_words(images: Sequence[np.ndarray], recognise: Recognise,
     """
     grays = [to_gray(image) for image in images]
     boxes = [propose(gray) for gray in grays]
-    crops = [gray[y0:y1, x0:x1] for gray, bs in zip(grays, boxes) for x0, y0, x1, y1 in bs]
+    crops = [_crop(gray, box, CROP_PAD) for gray, bs in zip(grays, boxes) for box in bs]
     results = iter(recognise(crops))
     lines = []
-    for bs in boxes:
-        words = [TextLine(box, text, conf) for box, (text, conf) in zip(bs, results)]
+    for gray, bs in zip(grays, boxes):
+        words = [TextLine(pad_box(box, gray.shape, COVER_PAD), text, conf)
+                 for box, (text, conf) in zip(bs, results)]
         lines.append(join_words([w for w in words if w.text and w.confidence >= min_confidence]))
     return lines
 

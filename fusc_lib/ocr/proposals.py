@@ -9,6 +9,7 @@ confidence decides what is text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -28,10 +29,10 @@ class ProposalParams:
     min_level: int = 110          # text is bright: grey machine text is ~140, white 255
     max_saturation: int = 60      # RGB: pixels more coloured than this are annotations, not text
     glyph_height: tuple[int, int] = (5, 48)
-    max_glyph_width: int = 64
-    min_slenderness: float = 2.5  # glyph height / stroke width; speckle blobs are ~1
+    max_glyph_width: int = 160
+    max_stroke: int = 4           # px; anything thicker is tissue, not a glyph stroke
+    min_slenderness: float = 2.0  # glyph height / stroke width; speckle blobs are ~1
     link_gap: float = 0.7         # glyphs closer than this x glyph height belong to one word
-    pad: float = 0.2              # box margin, x line height, so anti-aliased edges are covered
     max_boxes: int = 48           # more candidates than this means tissue: keep the most text-like
 
 
@@ -53,10 +54,14 @@ def to_gray(image: np.ndarray, max_saturation: int = DEFAULT_PARAMS.max_saturati
 
 
 def stroke_mask(gray: np.ndarray, params: ProposalParams = DEFAULT_PARAMS) -> np.ndarray:
-    """Pixels of thin bright strokes: brighter than their opened surroundings and bright overall."""
+    """Pixels of thin bright strokes: brighter than their opened surroundings, bright overall,
+    and not part of a blob thicker than any stroke (bright tissue a glyph may touch)."""
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (params.tophat_size, params.tophat_size))
     tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, kernel)
-    return ((tophat >= params.min_contrast) & (gray >= params.min_level)).astype(np.uint8)
+    bright = ((tophat >= params.min_contrast) & (gray >= params.min_level)).astype(np.uint8)
+    blob = cv2.getStructuringElement(cv2.MORPH_RECT, (params.max_stroke + 1, params.max_stroke + 1))
+    thick = cv2.dilate(cv2.morphologyEx(bright, cv2.MORPH_OPEN, blob), np.ones((3, 3), np.uint8))
+    return bright & (1 - thick)
 
 
 def _glyphs(mask: np.ndarray, params: ProposalParams) -> np.ndarray:
@@ -68,7 +73,7 @@ def _glyphs(mask: np.ndarray, params: ProposalParams) -> np.ndarray:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     x, y, w, h = (stats[:, i] for i in range(4))
     lo, hi = params.glyph_height
-    keep = (h >= lo) & (h <= hi) & (w <= params.max_glyph_width) & (w <= 3 * h)
+    keep = (h >= lo) & (h <= hi) & (w <= params.max_glyph_width)
     keep[0] = False
     keep &= h >= params.min_slenderness * _thickness(mask, labels, n)
     return np.stack([x, y, x + w, y + h], axis=1)[keep]
@@ -84,13 +89,18 @@ def _thickness(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _link(glyphs: np.ndarray, params: ProposalParams) -> np.ndarray:
-    """Label glyphs chained into words: same line (vertical overlap), small horizontal gap."""
+    """Label glyphs chained into words: similar height, tops or bottoms aligned, small gap.
+
+    The alignment rule keeps a glyph from chaining to a tissue fragment that happens to touch
+    the line; descenders still chain through their aligned tops.
+    """
     x0, y0, x1, y1 = (glyphs[:, i, None] for i in range(4))
-    h = np.maximum(y1 - y0, (y1 - y0).T)
-    overlap = np.minimum(y1, y1.T) - np.maximum(y0, y0.T)
+    height = y1 - y0
+    h = np.maximum(height, height.T)
+    similar = 3 * np.minimum(height, height.T) >= 2 * h
+    aligned = np.minimum(np.abs(y0 - y0.T), np.abs(y1 - y1.T)) * 4 <= h
     gap = np.maximum(x0, x0.T) - np.minimum(x1, x1.T)
-    similar = np.minimum(y1 - y0, (y1 - y0).T) * 2 >= h
-    adjacent = (overlap * 2 >= h) & similar & (gap <= params.link_gap * h)
+    adjacent = similar & aligned & (gap <= params.link_gap * h)
     return connected_components(csr_matrix(adjacent), directed=False)[1]
 
 
@@ -99,22 +109,19 @@ def _merge(glyphs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.array([[g[:, 0].min(), g[:, 1].min(), g[:, 2].max(), g[:, 3].max()] for g in groups])
 
 
-def _pad(boxes: np.ndarray, shape: tuple[int, int], pad: float) -> list[Box]:
-    h = boxes[:, 3] - boxes[:, 1]
-    m = np.ceil(pad * h).astype(int) + 1
-    x0 = np.maximum(boxes[:, 0] - m, 0)
-    y0 = np.maximum(boxes[:, 1] - m, 0)
-    x1 = np.minimum(boxes[:, 2] + m, shape[1])
-    y1 = np.minimum(boxes[:, 3] + m, shape[0])
-    return [tuple(int(v) for v in b) for b in np.stack([x0, y0, x1, y1], axis=1)]
+def pad_box(box: Box, shape: tuple[int, ...], pad: float) -> Box:
+    """`box` grown by `pad` x its height plus one pixel on every side, clipped to the image."""
+    x0, y0, x1, y1 = box
+    m = math.ceil(pad * (y1 - y0)) + 1
+    return max(x0 - m, 0), max(y0 - m, 0), min(x1 + m, shape[1]), min(y1 + m, shape[0])
 
 
 def propose(image: np.ndarray, params: ProposalParams = DEFAULT_PARAMS) -> list[Box]:
-    """Candidate word boxes of an image (grayscale or RGB uint8), in reading order."""
+    """Tight candidate word boxes (glyph extent) of a grayscale or RGB uint8 image, in reading order."""
     gray = to_gray(image, params.max_saturation)
     glyphs = _glyphs(stroke_mask(gray, params), params)
     if len(glyphs) == 0:
         return []
     words = _merge(glyphs, _link(glyphs, params))
     words = words[np.lexsort((words[:, 0], words[:, 1]))]
-    return _pad(words, gray.shape, params.pad)
+    return [tuple(int(v) for v in w) for w in words]

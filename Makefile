@@ -1,0 +1,40 @@
+# Two commands for a new user: `make demo` and `make test`. Both install first when needed.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_WORKDIR ?= fusc-work/demo
+
+.PHONY: install system-deps demo test bench-ingest lint clean
+
+install: $(STAMP)
+
+# pip (not uv): it takes torch 2.14.1 / torchvision 0.29.1 from this machine's wheel cache.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(MAKE) --no-print-directory system-deps
+	touch $(STAMP)
+
+# Tesseract is the second OCR engine (Debian package); EasyOCR, the default, needs nothing more.
+system-deps:
+	@command -v tesseract >/dev/null || \
+	  (apt-get install -y -q tesseract-ocr >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q tesseract-ocr >/dev/null 2>&1)) || \
+	  echo "note: tesseract-ocr not installed (apt-get install tesseract-ocr); --ocr-engine tesseract will be unavailable"
+
+demo: install
+	$(BIN)/fusc ingest examples/scans --workdir $(DEMO_WORKDIR)
+
+test: install
+	$(BIN)/pytest -q
+
+bench-ingest: install
+	$(BIN)/python bench/ingest.py
+
+lint: install
+	$(BIN)/ruff check fusc_lib jobs services schemas tests bench
+
+clean:
+	rm -rf fusc-work .pytest_cache

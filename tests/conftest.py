@@ -1,0 +1,36 @@
+"""Shared fixtures: the real images of ../shared/data and one local Ray for the whole suite."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported anywhere
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    if not DATA.is_dir():
+        raise pytest.UsageError(f"tests need the real images in {DATA} (../shared/data)")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (starting Ray costs seconds)."""
+    import ray
+
+    from jobs._ray import connect
+
+    connect(None)
+    yield ray
+    ray.shutdown()
