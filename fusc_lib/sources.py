@@ -69,15 +69,17 @@ def list_location(location: str) -> list[Source]:
     filesystem, path, prefix = _filesystem(location)
     is_glob = any(c in path for c in "*?[")
     root = _glob_root(path) if is_glob else path
+    infos: list[pafs.FileInfo] = []
     try:
         info = filesystem.get_file_info(root)
-        if info.type == pafs.FileType.File and not is_glob:
-            return [Source(prefix + path)]
-        if info.type == pafs.FileType.NotFound:
-            raise SourceError(f"path not found: {location}")
-        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        if info.type == pafs.FileType.Directory:
+            infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as error:
         raise SourceError(f"cannot list {location}: {error}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"path not found: {location}")
+    if info.type == pafs.FileType.File and not is_glob:
+        return [Source(prefix + path)]
     files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
     if is_glob:
         files = [f for f in files if fnmatch.fnmatchcase(f, path)]

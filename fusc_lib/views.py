@@ -16,7 +16,7 @@ from typing import Iterable
 import yaml
 
 UNKNOWN = "unknown"
-_SHORT_ALIAS = 3  # aliases this short must match a whole word, exactly
+_FUZZY_FROM = 5  # aliases this long also match with one wrong, missing or extra letter
 _NON_ALNUM = re.compile(r"[^0-9A-Z]+")
 
 
@@ -27,6 +27,23 @@ def _squash(text: str) -> str:
 
 def _words(text: str) -> list[str]:
     return [w for w in _NON_ALNUM.split(text.upper()) if w]
+
+
+def _names(alias: str, words: list[str]) -> bool:
+    """True when a run of consecutive whole words spells the alias ("4", "CH" spell "4CH").
+
+    Whole words only, so "TV" is not found in "TVUS"; aliases of five letters or more also match
+    with one OCR slip.
+    """
+    for start in range(len(words)):
+        joined = ""
+        for word in words[start:]:
+            joined += word
+            if len(joined) > len(alias) + 1:
+                break
+            if joined == alias or (len(alias) >= _FUZZY_FROM and _within_one_edit(joined, alias)):
+                return True
+    return False
 
 
 def _within_one_edit(a: str, b: str) -> bool:
@@ -104,29 +121,7 @@ class ViewVocabulary:
     def match_line(self, line: str) -> Alias | None:
         """The best alias named by one line of screen text, or None."""
         words = _words(line)
-        squashed_line = "".join(words)
-        if not squashed_line:
-            return None
-        for alias in self._aliases:
-            if len(alias.squashed) <= _SHORT_ALIAS:
-                if alias.squashed in words or alias.squashed == squashed_line:
-                    return alias
-            elif self._long_alias_in(alias.squashed, words):
-                return alias
-        return None
-
-    @staticmethod
-    def _long_alias_in(alias: str, words: list[str]) -> bool:
-        """A long alias matches a run of consecutive words, allowing one OCR slip."""
-        for start in range(len(words)):
-            joined = ""
-            for word in words[start:]:
-                joined += word
-                if len(joined) > len(alias) + 1:
-                    break
-                if joined == alias or (len(alias) >= 5 and _within_one_edit(joined, alias)):
-                    return True
-        return False
+        return next((alias for alias in self._aliases if _names(alias.squashed, words)), None)
 
     def match(self, lines: Iterable[tuple[str, float]]) -> ViewMatch:
         """Map the text lines of one image (text, OCR confidence) to a view.
