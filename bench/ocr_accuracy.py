@@ -30,6 +30,7 @@ SETS = ("fetal-planes-db", "african-planes")
 FONT_SIZES = (12, 28)
 GREY_LEVELS = (200, 235)  # "light grey" text
 DARK = 40                 # a background darker than this (99th percentile) is outside the fan
+LEGIBLE = 80              # text at least this much brighter than the median tissue under it
 TRIES = 200
 Case = tuple[np.ndarray, str]
 
@@ -54,9 +55,11 @@ def fan_mask(gray: np.ndarray) -> np.ndarray:
 
 
 def _place(rng: random.Random, gray: np.ndarray, fan: np.ndarray, size: tuple[int, int],
-           inside: bool) -> tuple[int, int] | None:
+           value: int, inside: bool) -> tuple[int, int] | None:
     """A pen position where text of `size` lies wholly inside (or outside) the fan, or None.
 
+    Inside the fan the text must be legible: `value` at least LEGIBLE above the median tissue
+    under it (light grey on bright bone is unreadable to anyone, and no operator types it there).
     Outside the fan the area around the text (one text height on each side) must be dark, so a
     case never lands on the machine's own text or grey bar.
     """
@@ -64,7 +67,9 @@ def _place(rng: random.Random, gray: np.ndarray, fan: np.ndarray, size: tuple[in
     for _ in range(TRIES):
         x, y = rng.randrange(0, gray.shape[1] - w), rng.randrange(0, gray.shape[0] - h)
         if inside and fan[y:y + h, x:x + w].all():
-            return x, y
+            if value - np.median(gray[y:y + h, x:x + w]) >= LEGIBLE:
+                return x, y
+            continue
         around = gray[max(y - h, 0):y + 2 * h, max(x - h, 0):x + w + h]
         if not inside and not fan[y:y + h, x:x + w].any() and np.percentile(around, 99) < DARK:
             return x, y
@@ -91,11 +96,12 @@ def rendered_view_name_cases(data_dir: Path = DATA_DIR, n: int = 200, seed: int 
         alias, view = rng.choice(names)
         height = rng.randint(*FONT_SIZES)
         size = text_size(alias, height)
+        value = 255 if rng.random() < 0.5 else rng.randint(*GREY_LEVELS)
         fan = fan_mask(gray)
-        spot = _place(rng, gray, fan, size, inside=len(cases) % 2 == 0) or _place(rng, gray, fan, size, True)
+        spot = (_place(rng, gray, fan, size, value, inside=len(cases) % 2 == 0)
+                or _place(rng, gray, fan, size, value, inside=True))
         if spot is None:
             continue
-        value = 255 if rng.random() < 0.5 else rng.randint(*GREY_LEVELS)
         cases.append((render_text(gray, alias, *spot, height, value=value)[0], view))
     return cases
 

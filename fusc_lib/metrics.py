@@ -1,0 +1,85 @@
+"""How good a clustering or an embedding is, against labels used only to score.
+
+Cluster purity hides a starved cluster, so every report prints cluster sizes and the
+Hungarian-matched accuracy beside it (see ../shared/reference/clustering-measurements.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
+
+
+@dataclass(frozen=True)
+class ClusterScores:
+    purity: float
+    nmi: float
+    accuracy: float  # Hungarian-matched
+    ari: float
+    smallest_cluster_share: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def purity(labels: Sequence, clusters: Sequence[int]) -> float:
+    """(1/N) sum over clusters of the size of its largest class."""
+    table = contingency_matrix(labels, clusters)
+    return float(table.max(axis=0).sum() / table.sum())
+
+
+def hungarian_accuracy(labels: Sequence, clusters: Sequence[int]) -> float:
+    """Accuracy under the best one-to-one matching of clusters to classes."""
+    table = contingency_matrix(labels, clusters)
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / table.sum())
+
+
+def score_clusters(labels: Sequence, clusters: Sequence[int]) -> ClusterScores:
+    """Purity, NMI (arithmetic mean normalisation, as in the paper), accuracy, ARI, sizes."""
+    counts = np.unique(np.asarray(clusters), return_counts=True)[1]
+    return ClusterScores(
+        purity=purity(labels, clusters),
+        nmi=float(normalized_mutual_info_score(labels, clusters, average_method="arithmetic")),
+        accuracy=hungarian_accuracy(labels, clusters),
+        ari=float(adjusted_rand_score(labels, clusters)),
+        smallest_cluster_share=float(counts.min() / counts.sum()),
+    )
+
+
+def kmeans_clusters(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+
+
+def knn_accuracy(vectors: np.ndarray, labels: Sequence, k: int = 10) -> float:
+    """Leave-one-out k-NN accuracy (cosine, majority vote): does the embedding put views together?"""
+    labels = np.asarray(labels)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    neighbours = np.argsort(-similarity, axis=1)[:, :k]
+    votes = labels[neighbours]
+    predicted = [max(set(row), key=list(row).count) for row in votes]
+    return float(np.mean(np.asarray(predicted) == labels))
+
+
+def embedding_report(vectors: np.ndarray, views: Sequence, sites: Sequence,
+                     seed: int = 0) -> dict[str, float]:
+    """The two numbers that say whether an embedding groups anatomy or hospitals.
+
+    kNN accuracy against `view` (higher is better) and NMI of a k-means (k = number of sites)
+    against `site` (lower is better: less hospital style left).
+    """
+    site_clusters = kmeans_clusters(vectors, len(set(sites)), seed)
+    view_clusters = kmeans_clusters(vectors, len(set(views)), seed)
+    return {
+        "knn_accuracy_view": knn_accuracy(vectors, views),
+        "kmeans_nmi_view": float(normalized_mutual_info_score(views, view_clusters)),
+        "kmeans_nmi_site": float(normalized_mutual_info_score(sites, site_clusters)),
+    }
