@@ -31,7 +31,7 @@ test: install
 	$(BIN)/pytest -q
 
 bench-ingest: install
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python -m bench.ingest
 
 lint: install
 	$(BIN)/ruff check fusc_lib jobs services schemas tests bench

@@ -20,6 +20,7 @@ from fusc_lib.privacy import resolve_salt
 from fusc_lib.progress import progress_bar
 from fusc_lib.sources import Source, gather_sources
 from fusc_lib.store import Workdir
+from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
 from schemas.tables import QUARANTINE, SCANS
 
@@ -34,6 +35,7 @@ class IngestSummary:
     duplicates_skipped: int = 0
     quarantined: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # until the first batch came back (Ray and worker start-up)
 
 
 class _IngestActor:
@@ -46,24 +48,26 @@ class _IngestActor:
         return self.ingestor([Source(**row) for row in batch.to_pylist()])
 
 
-class _LanceAppender:
-    """Buffers ingest output on the driver, drops repeated content, commits every N rows."""
+class _IngestSink:
+    """Drops repeated content, then commits scans before quarantine rows.
+
+    That order matters: a file with one bad frame has rows in both tables, and a rerun skips any
+    file found in either; committing scans first means a kill never hides a file's good frames.
+    """
 
     def __init__(self, workdir: Workdir, commit_rows: int, summary: IngestSummary):
-        self.workdir = workdir
-        self.commit_rows = commit_rows
         self.summary = summary
         self.known_ids = set(workdir.column(SCANS, "image_id").to_pylist())
-        self.scans: list[pa.Table] = []
-        self.quarantine: list[pa.Table] = []
+        self.scans = TableAppender(workdir, SCANS, commit_rows)
+        self.quarantine = TableAppender(workdir, QUARANTINE, commit_rows)
 
     def add(self, batch: pa.Table) -> None:
         scans, quarantine = split_output(batch)
         keep = [self._is_new(image_id) for image_id in scans.column("image_id").to_pylist()]
         self.summary.duplicates_skipped += keep.count(False)
-        self.scans.append(scans.filter(pa.array(keep, pa.bool_())))
-        self.quarantine.append(quarantine)
-        if sum(t.num_rows for t in self.scans + self.quarantine) >= self.commit_rows:
+        self.scans.add(scans.filter(pa.array(keep, pa.bool_())))
+        self.quarantine.add(quarantine)
+        if self.scans.full or self.quarantine.full:
             self.flush()
 
     def _is_new(self, image_id: str) -> bool:
@@ -73,14 +77,10 @@ class _LanceAppender:
         return True
 
     def flush(self) -> None:
-        """Scans first: a kill between the two commits only re-quarantines a few bad files."""
-        for name, pending in ((SCANS, self.scans), (QUARANTINE, self.quarantine)):
-            if pending:
-                rows = pa.concat_tables(pending)
-                self.workdir.append(name, rows)
-                count = "rows_ingested" if name == SCANS else "quarantined"
-                setattr(self.summary, count, getattr(self.summary, count) + rows.num_rows)
-            pending.clear()
+        self.scans.flush()
+        self.quarantine.flush()
+        self.summary.rows_ingested = self.scans.committed
+        self.summary.quarantined = self.quarantine.committed
 
 
 def pending_sources(workdir: Workdir, config: IngestConfig) -> tuple[list[Source], int]:
@@ -135,9 +135,12 @@ def _stream_into_tables(workdir: Workdir, config: IngestConfig, preprocess: Prep
                                "keep_ocr_text": config.keep_ocr_text},
         batch_size=config.batch_size, batch_format="pyarrow", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=workers))
-    appender = _LanceAppender(workdir, config.commit_rows, summary)
+    sink = _IngestSink(workdir, config.commit_rows, summary)
+    started = monotonic()
     with progress_bar("ingest", total=len(pending), unit="files") as advance:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            appender.add(batch)
+            if not summary.startup_seconds:
+                summary.startup_seconds = monotonic() - started
+            sink.add(batch)
             advance(len(set(batch.column("source_uri").to_pylist())))
-        appender.flush()
+        sink.flush()

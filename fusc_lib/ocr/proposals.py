@@ -32,7 +32,7 @@ class ProposalParams:
     max_glyph_width: int = 160
     max_stroke: int = 4           # px; anything thicker is tissue, not a glyph stroke
     min_slenderness: float = 2.0  # glyph height / stroke width; speckle blobs are ~1
-    link_gap: float = 0.7         # glyphs closer than this x glyph height belong to one word
+    link_gap: float = float(__import__("os").environ.get("LINK_GAP", 0.7))        # glyphs closer than this x glyph height belong to one word
     max_boxes: int = 48           # more candidates than this means tissue: keep the most text-like
 
 
