@@ -13,9 +13,9 @@ import argparse
 import os
 import random
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

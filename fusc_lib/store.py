@@ -47,9 +47,17 @@ class Workdir:
             self._db = lancedb.connect(self.lancedb_uri)
         return self._db
 
-    def table(self, name: str) -> lancedb.table.Table:
-        """Open a table, creating it empty with its schema from `schemas/` the first time."""
-        return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
+    def table(self, name: str, schema: pa.Schema | None = None) -> lancedb.table.Table:
+        """Open a table, creating it empty the first time with its schema from `schemas/`.
+
+        Tables whose schema depends on the data (the vector width of `embeddings`) pass it.
+        """
+        if self.has_table(name):
+            return self.db.open_table(name)
+        return self.db.create_table(name, schema=SCHEMAS.get(name) or schema, exist_ok=True)
+
+    def has_table(self, name: str) -> bool:
+        return name in self.db.list_tables().tables
 
     def table_uri(self, name: str) -> str:
         """The Lance dataset URI of a table, for Ray Data's read_lance / write_lance."""
@@ -60,8 +68,10 @@ class Workdir:
         return self.table(name).to_lance().to_table(columns=[column]).column(column)
 
     def append(self, name: str, rows: pa.Table) -> None:
+        """Append rows, cast to the table's schema (so a batch cannot change a column's type)."""
         if rows.num_rows:
-            self.table(name).add(rows.select(SCHEMAS[name].names).cast(SCHEMAS[name]))
+            table = self.table(name, rows.schema)
+            table.add(rows.select(table.schema.names).cast(table.schema))
 
     def delete_where(self, name: str, column: str, values: list[str]) -> None:
         """Delete the rows whose `column` is one of `values` (in chunks: SQL IN lists stay short)."""
@@ -69,6 +79,18 @@ class Workdir:
             chunk = values[start:start + 1000]
             quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in chunk)
             self.table(name).delete(f"{column} IN ({quoted})")
+
+    def ssl_run_dir(self, run: str) -> str:
+        return self.path("models", "ssl", run)
+
+    def ssl_runs(self) -> list[str]:
+        """Names of the SSL runs that wrote a config.json, oldest first."""
+        filesystem, root = pafs.FileSystem.from_uri(self.path("models", "ssl"))
+        runs = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        configs = filesystem.get_file_info([f"{r.path}/config.json" for r in runs
+                                            if r.type == pafs.FileType.Directory])
+        found = [c for c in configs if c.type == pafs.FileType.File]
+        return [c.path.rsplit("/", 2)[-2] for c in sorted(found, key=lambda c: c.mtime)]
 
     # --- small JSON artifacts (configs the stages share) ---
 

@@ -61,5 +61,5 @@ def render_text(image: np.ndarray, text: str, x: int, y: int, height_px: int,
 
 def text_size(text: str, height_px: int, font: str = DEJAVU_SANS) -> tuple[int, int]:
     """Width and height in pixels of the ink box `render_text` draws from pen origin (0, 0)."""
-    x0, y0, x1, y1 = _font(find_font(font), height_px).getbbox(text)
+    _, _, x1, y1 = _font(find_font(font), height_px).getbbox(text)
     return x1, y1

@@ -35,7 +35,7 @@ class IngestSummary:
     duplicates_skipped: int = 0
     quarantined: int = 0
     seconds: float = 0.0
-    startup_seconds: float = 0.0  # until the first batch came back (Ray and worker start-up)
+    startup_seconds: float = 0.0  # until the first rows came back: listing, Ray, worker start
 
 
 class _IngestActor:
@@ -118,14 +118,14 @@ def run_ingest(workdir: Workdir, config: IngestConfig, preprocess: PreprocessCon
     summary.files_found = len(pending) + summary.files_already_done
     if pending:
         workdir.write_json(config.model_dump(), "runs", "ingest-config.json")
-        _stream_into_tables(workdir, config, preprocess, pending, summary, ray_address)
+        _stream_into_tables(workdir, config, preprocess, pending, summary, ray_address, started)
     summary.seconds = monotonic() - started
     return summary
 
 
 def _stream_into_tables(workdir: Workdir, config: IngestConfig, preprocess: PreprocessConfig,
                         pending: list[Source], summary: IngestSummary,
-                        ray_address: str | None) -> None:
+                        ray_address: str | None, started: float) -> None:
     connect(ray_address)
     workers = config.concurrency or cluster_cpus()
     dataset = ray.data.from_items([s.as_row() for s in pending]).map_batches(
@@ -136,7 +136,6 @@ def _stream_into_tables(workdir: Workdir, config: IngestConfig, preprocess: Prep
         batch_size=config.batch_size, batch_format="pyarrow", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=workers))
     sink = _IngestSink(workdir, config.commit_rows, summary)
-    started = monotonic()
     with progress_bar("ingest", total=len(pending), unit="files") as advance:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             if not summary.startup_seconds:

@@ -7,6 +7,7 @@ import pyarrow as pa
 
 SCANS = "scans"
 QUARANTINE = "quarantine"
+EMBEDDINGS = "embeddings"
 
 SCANS_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),  # sha256 of the file (+ -fNNNN per frame)
@@ -33,5 +34,17 @@ QUARANTINE_SCHEMA = pa.schema([
     pa.field("stage", pa.string(), nullable=False),  # read | decode | preprocess
     pa.field("quarantined_at", pa.timestamp("ms", tz="UTC"), nullable=False),
 ])
+
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """One L2-normalised vector per scan and model; the dimension is fixed per table."""
+    return pa.schema([
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("model_run", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ])
+
 
 SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA}

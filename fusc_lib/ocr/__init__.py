@@ -8,15 +8,16 @@ split into two boxes comes back as one line for the view vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from fusc_lib.ocr.proposals import pad_box, propose, to_gray
 
 Box = tuple[int, int, int, int]
-CROP_PAD = float(__import__("os").environ.get("CROP_PAD", 0.1))  # recognisers read best with a slim margin (x word height)
+CROP_PAD = 0.1    # recognisers read best with a slim margin (x word height)
 COVER_PAD = 0.2   # returned boxes are wider, so inpainting covers anti-aliased glyph edges
 LINE_GAP = 1.0  # neighbouring words on one line join when the gap is under this x their height
 
@@ -80,6 +81,11 @@ def join_words(words: Sequence[TextLine]) -> list[TextLine]:
     return sorted(joined, key=lambda t: (t.box[1], t.box[0]))
 
 
+def _is_text(word: TextLine, min_confidence: float) -> bool:
+    """Confident, and not only punctuation (what recognisers make of tissue streaks)."""
+    return word.confidence >= min_confidence and any(c.isalnum() for c in word.text)
+
+
 def _crop(gray: np.ndarray, box: Box, pad: float) -> np.ndarray:
     x0, y0, x1, y1 = pad_box(box, gray.shape, pad)
     return gray[y0:y1, x0:x1]
@@ -103,7 +109,7 @@ def read_words(images: Sequence[np.ndarray], recognise: Recognise,
     for gray, bs in zip(grays, boxes):
         words = [TextLine(pad_box(box, gray.shape, COVER_PAD), text, conf)
                  for box, (text, conf) in zip(bs, results)]
-        lines.append(join_words([w for w in words if w.text and w.confidence >= min_confidence]))
+        lines.append(join_words([w for w in words if _is_text(w, min_confidence)]))
     return lines
 
 
@@ -123,4 +129,4 @@ def make_engine(name: str, *, threads: int = 1, min_confidence: float = 0.3) -> 
     raise ValueError(f"unknown OCR engine {name!r}; expected 'easyocr', 'tesseract' or 'none'")
 
 
-__all__ = ["TextLine", "OcrEngine", "NullEngine", "join_words", "read_words", "make_engine"]
+__all__ = ["NullEngine", "OcrEngine", "TextLine", "join_words", "make_engine", "read_words"]

@@ -13,7 +13,7 @@ import hashlib
 import math
 import os
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -24,6 +24,7 @@ MODEL_HEIGHT = 64        # the english_g2 recogniser's input height
 MAX_WIDTH = 1024         # wider crops are squeezed: longer lines are not screen labels
 WIDTH_SLACK = 1.25       # a batch pads its crops to at most this x its narrowest crop
 MAX_BATCH = 32
+WIDTH_STEP = 32          # batch widths are multiples of this
 CACHE_SIZE = 4096        # crops; bounded so memory stays flat over a long run
 
 
@@ -70,8 +71,9 @@ def _width_groups(widths: Sequence[int]) -> list[list[int]]:
 
 def _stack(resized: list[np.ndarray]) -> np.ndarray:
     """Batch of crops as float32 N x 1 x H x W in [-1, 1], right-padded by repeating the last column
-    (what the model was trained with)."""
-    width = max(r.shape[1] for r in resized)
+    (what the model was trained with). Widths are rounded up to WIDTH_STEP so that few distinct
+    input shapes reach the model: each new shape costs backend memory."""
+    width = -(-max(r.shape[1] for r in resized) // WIDTH_STEP) * WIDTH_STEP
     batch = np.empty((len(resized), 1, MODEL_HEIGHT, width), np.float32)
     for k, r in enumerate(resized):
         batch[k, 0, :, : r.shape[1]] = r

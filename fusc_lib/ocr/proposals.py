@@ -30,10 +30,10 @@ class ProposalParams:
     max_saturation: int = 60      # RGB: pixels more coloured than this are annotations, not text
     glyph_height: tuple[int, int] = (5, 48)
     max_glyph_width: int = 160
-    max_stroke: int = 4           # px; anything thicker is tissue, not a glyph stroke
+    max_stroke: int = 4           # px; anything thicker and larger than a junction is tissue
+    max_junction_area: int = 100  # px; thick spots up to this size are glyph junctions
     min_slenderness: float = 2.0  # glyph height / stroke width; speckle blobs are ~1
-    link_gap: float = float(__import__("os").environ.get("LINK_GAP", 0.7))        # glyphs closer than this x glyph height belong to one word
-    max_boxes: int = 48           # more candidates than this means tissue: keep the most text-like
+    link_gap: float = 0.7        # glyphs closer than this x glyph height belong to one word
 
 
 DEFAULT_PARAMS = ProposalParams()
@@ -55,13 +55,25 @@ def to_gray(image: np.ndarray, max_saturation: int = DEFAULT_PARAMS.max_saturati
 
 def stroke_mask(gray: np.ndarray, params: ProposalParams = DEFAULT_PARAMS) -> np.ndarray:
     """Pixels of thin bright strokes: brighter than their opened surroundings, bright overall,
-    and not part of a blob thicker than any stroke (bright tissue a glyph may touch)."""
+    and not part of a large blob thicker than any stroke (bright tissue a glyph may touch)."""
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (params.tophat_size, params.tophat_size))
     tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, kernel)
     bright = ((tophat >= params.min_contrast) & (gray >= params.min_level)).astype(np.uint8)
-    blob = cv2.getStructuringElement(cv2.MORPH_RECT, (params.max_stroke + 1, params.max_stroke + 1))
-    thick = cv2.dilate(cv2.morphologyEx(bright, cv2.MORPH_OPEN, blob), np.ones((3, 3), np.uint8))
-    return bright & (1 - thick)
+    return bright & (1 - _thick_blobs(bright, params))
+
+
+def _thick_blobs(mask: np.ndarray, params: ProposalParams) -> np.ndarray:
+    """Areas of `mask` thicker than a stroke and larger than a glyph's junction, slightly grown.
+
+    Junctions of bold or large glyphs (the vertex of an M) are thick too, but small: keeping them
+    keeps the glyph whole.
+    """
+    side = params.max_stroke + 1
+    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    large = stats[:, cv2.CC_STAT_AREA] > params.max_junction_area
+    large[0] = False
+    return cv2.dilate(large[labels].astype(np.uint8), np.ones((3, 3), np.uint8))
 
 
 def _glyphs(mask: np.ndarray, params: ProposalParams) -> np.ndarray:

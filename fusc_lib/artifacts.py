@@ -1,0 +1,30 @@
+"""Reading and writing run artifacts (weights, CSV) at a local path or an object-store URI."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs as pafs
+
+
+def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+
+
+def read_bytes(uri: str) -> bytes:
+    filesystem, path = _resolve(uri)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file at once (readers never see half of it on object stores)."""
+    filesystem, path = _resolve(uri)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def exists(uri: str) -> bool:
+    filesystem, path = _resolve(uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound

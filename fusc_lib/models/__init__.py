@@ -1,0 +1,29 @@
+"""Networks of FUSC: backbones by name, self-supervised methods by name, the encoder."""
+
+from __future__ import annotations
+
+import torch
+
+from fusc_lib.models.backbones import Backbone, create_backbone
+from fusc_lib.models.dino import DINO
+from fusc_lib.models.simclr import SimCLR
+from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
+from fusc_lib.ssl_config import SSLConfig
+
+METHODS: dict[str, type[SimCLR] | type[DINO]] = {"simclr": SimCLR, "dino": DINO}
+
+
+def create_method(config: SSLConfig) -> SSLMethod:
+    """The method `config.method` around a fresh `config.backbone`, seeded by `config.seed`."""
+    torch.manual_seed(config.seed)
+    backbone = create_backbone(config.backbone, config.init, config.image_size)
+    return METHODS[config.method].from_config(config, backbone)
+
+
+def create_views(config: SSLConfig, backbone: Backbone) -> ViewMaker:
+    """How `config.method` turns one scan into its training views."""
+    return METHODS[config.method].views(config, backbone)
+
+
+__all__ = ["Backbone", "METHODS", "SSLMethod", "ViewMaker", "create_backbone", "create_method",
+           "create_views"]

@@ -1,0 +1,70 @@
+"""The encoder later stages use: scans in, L2-normalised embeddings out.
+
+A trained run folder (`models/ssl/<run>/`) holds the backbone's plain state dict
+(`backbone.pt`) and `encoder.json`, the data needed to use it: architecture, input size and the
+normalisation it was trained with. Embedding and serving prepare images with the same
+EvalTransform, so an image served online meets the network exactly as offline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusc_lib.artifacts import read_bytes, write_bytes
+from fusc_lib.augment import EvalTransform
+from fusc_lib.models.backbones import ENCODER_INFO, RANDOM, Backbone, create_backbone
+
+WEIGHTS = "backbone.pt"
+
+
+class Encoder(nn.Module):
+    """A backbone with its eval transform: `prepare` images, then `forward` to unit vectors."""
+
+    def __init__(self, backbone: Backbone, input_size: int):
+        super().__init__()
+        self.backbone = backbone.eval()
+        self.input_size = input_size
+        self.transform = EvalTransform(input_size, backbone.mean, backbone.std)
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.dim
+
+    def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 HxW grey scans (as stored by ingest) -> a normalised (N, 3, S, S) batch."""
+        return torch.stack([self.transform(image) for image in images])
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, dim) float32, unit length (cosine similarity is a dot product)."""
+        return F.normalize(self.backbone(batch).float(), dim=1)
+
+
+def save_encoder(backbone: Backbone, input_size: int, run_dir: str) -> None:
+    """Write backbone.pt (a plain state dict of the timm model) and encoder.json to `run_dir`."""
+    buffer = io.BytesIO()
+    torch.save(backbone.net.state_dict(), buffer)
+    write_bytes(f"{run_dir}/{WEIGHTS}", buffer.getvalue())
+    info = {"backbone": backbone.name, "input_size": input_size,
+            "mean": list(backbone.mean), "std": list(backbone.std)}
+    write_bytes(f"{run_dir}/{ENCODER_INFO}", json.dumps(info, indent=2).encode())
+
+
+def load_encoder(run_dir: str, device: str = "cpu") -> Encoder:
+    """The encoder a `fusc train-ssl` run produced (local folder or URI), in eval mode."""
+    info = json.loads(read_bytes(f"{run_dir}/{ENCODER_INFO}"))
+    backbone = create_backbone(info["backbone"], RANDOM, info["input_size"])
+    state = torch.load(io.BytesIO(read_bytes(f"{run_dir}/{WEIGHTS}")), map_location="cpu")
+    backbone.net.load_state_dict(state)
+    trained = Backbone(info["backbone"], backbone.net, tuple(info["mean"]), tuple(info["std"]))
+    return Encoder(trained, info["input_size"]).to(device)
+
+
+def pretrained_encoder(backbone: str, init: str, input_size: int) -> Encoder:
+    """An encoder without self-supervised training (ImageNet or random): the baselines."""
+    return Encoder(create_backbone(backbone, init, input_size), input_size)

@@ -1,0 +1,31 @@
+"""What the training loop asks of a self-supervised method, whatever the method."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusc_lib.models.backbones import Backbone
+
+# image uint8 HxW, random generator -> the views of that image, as the method expects them
+ViewMaker = Callable[[np.ndarray, np.random.Generator], list[torch.Tensor]]
+
+
+class SSLMethod(nn.Module):
+    """A backbone plus whatever a method trains around it.
+
+    `forward` returns the training loss, not features: under DistributedDataParallel gradients
+    are synchronised only for what runs through the wrapped module's forward.
+    """
+
+    backbone: Backbone
+
+    def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        """The loss of one batch; `views[i]` holds view i of every image in the batch."""
+        raise NotImplementedError
+
+    def after_step(self, progress: float) -> None:
+        """Called after each optimizer step with the share of training done (0..1)."""

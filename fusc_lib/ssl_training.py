@@ -1,0 +1,142 @@
+"""The plain-PyTorch parts of `fusc train-ssl`: views of stored scans, one epoch, the saved state.
+
+`jobs/train_ssl.py` wires these into Ray Data and Ray Train; nothing here knows about Ray, so the
+same loop runs (and is tested) in one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightly.utils.scheduler import cosine_warmup_schedule
+
+from fusc_lib.models import SSLMethod, ViewMaker
+from fusc_lib.preprocess import decode_png
+from fusc_lib.ssl_config import SSLConfig
+
+STATE_FILE = "state.pt"
+LOSS_COLUMNS = ("epoch", "loss", "images_per_s", "seconds")
+
+
+def view_columns(batch: dict[str, np.ndarray], views: ViewMaker) -> dict[str, np.ndarray]:
+    """A batch of stored scans (`image` PNG bytes) -> `view0`, `view1`, ... (N, 3, S, S) float32.
+
+    Each call draws fresh randomness from the OS, so every epoch and every data worker sees
+    different views.
+    """
+    rng = np.random.default_rng()
+    per_image = [views(decode_png(data), rng) for data in batch["image"]]
+    return {f"view{i}": torch.stack([v[i] for v in per_image]).numpy()
+            for i in range(len(per_image[0]))}
+
+
+def make_optimizer(method: SSLMethod, config: SSLConfig) -> torch.optim.Optimizer:
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class Schedule:
+    """Cosine learning rate with linear warm-up, indexed by the global step."""
+
+    config: SSLConfig
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    def lr(self, step: int) -> float:
+        warmup = min(self.config.warmup_epochs * self.steps_per_epoch, self.total_steps - 1)
+        return cosine_warmup_schedule(step, self.total_steps, self.config.lr, 0.0, warmup, 0.0)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    images_per_s: float
+    seconds: float
+
+    def row(self) -> dict:
+        return {"epoch": self.epoch, "loss": round(self.loss, 5),
+                "images_per_s": round(self.images_per_s, 2), "seconds": round(self.seconds, 2)}
+
+
+def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable[dict],
+                    optimizer: torch.optim.Optimizer, schedule: Schedule,
+                    epoch: int) -> EpochStats:
+    """One pass over `batches` ({"view0": ..., ...} tensors already on the device).
+
+    `model` is what runs the forward (the method itself, or its DistributedDataParallel wrapper);
+    `method` is the plain module, for the hooks. Loss and speed are summed over all workers.
+    Mixed precision (bfloat16, no loss scaling needed) on GPU only: on CPU it is slower.
+    """
+    model.train()
+    started, step = time.monotonic(), epoch * schedule.steps_per_epoch
+    loss_sum, images, steps = torch.zeros(()), 0, 0
+    for batch in batches:
+        views = [batch[f"view{i}"] for i in range(len(batch))]
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(step)
+        device = views[0].device
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                    else nullcontext())
+        with autocast:
+            loss = model(views, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        method.after_step(step / schedule.total_steps)
+        loss_sum += loss.detach().float().cpu()
+        images += views[0].shape[0]
+        steps += 1
+    totals = torch.tensor([float(loss_sum), float(steps), float(images)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    seconds = time.monotonic() - started
+    return EpochStats(epoch + 1, float(totals[0] / max(totals[1], 1)),
+                      float(totals[2]) / seconds, seconds)
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumed run needs: weights, optimizer, epochs done, the loss so far."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def save(self, method: SSLMethod, optimizer: torch.optim.Optimizer, folder: str) -> None:
+        torch.save({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": self.epoch, "history": self.history}, f"{folder}/{STATE_FILE}")
+
+    @classmethod
+    def load(cls, method: SSLMethod, optimizer: torch.optim.Optimizer,
+             folder: str) -> "TrainingState":
+        saved = torch.load(f"{folder}/{STATE_FILE}", map_location="cpu")
+        method.load_state_dict(saved["method"])
+        optimizer.load_state_dict(saved["optimizer"])
+        return cls(saved["epoch"], saved["history"])
+
+
+def loss_csv(history: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOSS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue().encode()
+
+
+def parse_loss_csv(data: bytes) -> list[dict]:
+    return [{"epoch": int(row["epoch"]), "loss": float(row["loss"]),
+             "images_per_s": float(row["images_per_s"]), "seconds": float(row["seconds"])}
+            for row in csv.DictReader(io.StringIO(data.decode()))]

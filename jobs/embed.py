@@ -1,0 +1,166 @@
+"""`fusc embed`: one L2-normalised vector per scan and model into the LanceDB `embeddings` table.
+
+Ray Data reads `scans` (ids and image bytes only), an actor pool holds the model (loaded once per
+actor) and the driver commits vectors every `commit_rows`. Incremental: scans that already have a
+vector for this model are skipped, so a rerun adds nothing and a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from time import monotonic
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+from pydantic import BaseModel, Field
+
+from fusc_lib.models.encoder import Encoder, load_encoder, pretrained_encoder
+from fusc_lib.preprocess import decode_png
+from fusc_lib.progress import progress_bar
+from fusc_lib.store import Workdir, utc_now
+from jobs._lance_sink import TableAppender
+from jobs._ray import cluster_cpus, connect
+from schemas.tables import EMBEDDINGS, SCANS, embeddings_schema
+
+PRETRAINED_PREFIX = "pretrained:"  # --model pretrained:<timm name> embeds with ImageNet weights
+
+
+class EmbedConfig(BaseModel):
+    """Every option of `fusc embed`."""
+
+    model: str | None = Field(None, description="SSL run name, or pretrained:<backbone>; "
+                                                "None: the newest SSL run of the workdir.")
+    input_size: int = Field(128, ge=16, description="Input size for pretrained:<backbone> models.")
+    batch_size: int = Field(64, ge=1, description="Images per forward pass.")
+    concurrency: int | None = Field(None, ge=1, description="Model replicas; None: one per CPU "
+                                                            "(or per GPU with use_gpu).")
+    use_gpu: bool = Field(False, description="One GPU per replica.")
+    commit_rows: int = Field(4096, ge=1, description="Vectors per LanceDB commit.")
+    index_min_rows: int = Field(100_000, ge=256, description="Build an ANN index from this size.")
+
+
+@dataclass
+class EmbedSummary:
+    model_run: str
+    embedded: int = 0
+    already_done: int = 0
+    seconds: float = 0.0
+    indexed: bool = False
+
+
+def resolve_model(workdir: Workdir, model: str | None) -> str:
+    """The model to embed with: as given, or the newest SSL run in the workdir."""
+    if model:
+        return model
+    runs = workdir.ssl_runs()
+    if not runs:
+        raise ValueError("no trained model in this workdir: run `fusc train-ssl` first, or pass "
+                         f"--model {PRETRAINED_PREFIX}efficientnet_lite0 for ImageNet features")
+    return runs[-1]
+
+
+def build_encoder(workdir_root: str, model: str, input_size: int, device: str) -> Encoder:
+    if model.startswith(PRETRAINED_PREFIX):
+        return pretrained_encoder(model.removeprefix(PRETRAINED_PREFIX), "imagenet", input_size)
+    return load_encoder(Workdir(workdir_root).ssl_run_dir(model), device=device)
+
+
+class _EmbedActor:
+    """Ray Data actor: the model is loaded once, then each call embeds the pending scans of a batch."""
+
+    def __init__(self, workdir_root: str, model: str, input_size: int, use_gpu: bool,
+                 pending_ref: ray.ObjectRef):
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.encoder = build_encoder(workdir_root, model, input_size, self.device).to(self.device)
+        self.encoder.eval()
+        self.model = model
+        self.pending = ray.get(pending_ref)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=self.pending))
+        if not batch.num_rows:
+            return embedding_rows(batch.column("image_id"), self.model,
+                                  np.zeros((0, self.encoder.dim), np.float32))
+        images = [decode_png(data) for data in batch.column("image").to_pylist()]
+        with torch.inference_mode():
+            vectors = self.encoder(self.encoder.prepare(images).to(self.device)).float().cpu()
+        return embedding_rows(batch.column("image_id"), self.model, vectors.numpy())
+
+
+def embedding_rows(image_ids: pa.ChunkedArray, model: str, vectors: np.ndarray) -> pa.Table:
+    dim = vectors.shape[1]
+    flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
+    return pa.table({
+        "image_id": image_ids,
+        "model_run": pa.array([model] * len(vectors), pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "embedded_at": pa.array([utc_now()] * len(vectors), pa.timestamp("ms", tz="UTC")),
+    }, schema=embeddings_schema(dim))
+
+
+def embedded_ids(workdir: Workdir, model: str) -> set[str]:
+    if not workdir.has_table(EMBEDDINGS):
+        return set()
+    done = workdir.table(EMBEDDINGS).to_lance().to_table(
+        columns=["image_id"], filter=f"model_run = '{model}'")
+    return set(done.column("image_id").to_pylist())
+
+
+def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = None) -> EmbedSummary:
+    """Embed every scan that has no vector for the model yet."""
+    started = monotonic()
+    model = resolve_model(workdir, config.model)
+    summary = EmbedSummary(model)
+    done = embedded_ids(workdir, model)
+    all_ids = workdir.column(SCANS, "image_id")
+    pending = all_ids.filter(pc.invert(pc.is_in(all_ids, value_set=pa.array(list(done), pa.string()))))
+    summary.already_done = len(all_ids) - len(pending)
+    if len(pending):
+        connect(ray_address)
+        summary.embedded = _stream_vectors(workdir, config, model, pending)
+        summary.indexed = ensure_vector_index(workdir, config.index_min_rows)
+    summary.seconds = monotonic() - started
+    return summary
+
+
+def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
+                    pending: pa.ChunkedArray) -> int:
+    workers = config.concurrency or (1 if config.use_gpu else cluster_cpus())
+    # Reads take no CPU slot: with every CPU held by a model replica they would never start.
+    dataset = (ray.data.read_lance(workdir.table_uri(SCANS), columns=["image_id", "image"],
+                                   num_cpus=0)
+               .map_batches(_EmbedActor,
+                            fn_constructor_kwargs={"workdir_root": workdir.root, "model": model,
+                                                   "input_size": config.input_size,
+                                                   "use_gpu": config.use_gpu,
+                                                   "pending_ref": ray.put(pending.combine_chunks())},
+                            batch_size=config.batch_size, batch_format="pyarrow",
+                            num_gpus=1 if config.use_gpu else 0,
+                            num_cpus=0 if config.use_gpu else 1,
+                            compute=ray.data.ActorPoolStrategy(size=workers)))
+    sink = TableAppender(workdir, EMBEDDINGS, config.commit_rows)
+    with progress_bar("embed", total=len(pending), unit="scans") as advance:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            sink.add(batch)
+            advance(batch.num_rows)
+            if sink.full:
+                sink.flush()
+        sink.flush()
+    return sink.committed
+
+
+def ensure_vector_index(workdir: Workdir, min_rows: int) -> bool:
+    """Build LanceDB's IVF-PQ cosine index once the table is big enough for brute force to hurt."""
+    table = workdir.table(EMBEDDINGS)
+    rows = table.count_rows()
+    if rows < min_rows or any(i.columns == ["vector"] for i in table.list_indices()):
+        return False
+    dim = table.schema.field("vector").type.list_size
+    sub_vectors = next(n for n in (dim // 16, dim // 8, dim // 4, 1) if n and dim % n == 0)
+    table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_PQ",
+                       num_partitions=max(1, int(math.sqrt(rows))), num_sub_vectors=sub_vectors)
+    return True

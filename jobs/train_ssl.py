@@ -1,0 +1,186 @@
+"""`fusc train-ssl`: stage 1, self-supervised training of the backbone on the `scans` table.
+
+Ray Data streams the stored scans and makes the augmented views on CPU workers (the table is
+never loaded whole); Ray Train runs the plain PyTorch loop of `fusc_lib.ssl_training` as DDP over
+`config.workers` replicas. Each epoch rank 0 reports a checkpoint; a killed run continues from the
+last one with `resume=True` (Ray Train resumes a run that has the same storage path and name).
+
+Outputs in `<workdir>/models/ssl/<run>/`: backbone.pt + encoder.json (what `load_encoder` reads),
+config.json (the SSLConfig used), loss.csv (rewritten every epoch) and ray/ (checkpoints).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+
+import ray
+import ray.train
+import ray.train.torch
+
+from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.models import create_backbone, create_method, create_views
+from fusc_lib.models.backbones import ENCODER_INFO
+from fusc_lib.models.encoder import WEIGHTS, save_encoder
+from fusc_lib.ssl_config import SSLConfig
+from fusc_lib.ssl_training import (Schedule, TrainingState, loss_csv, make_optimizer,
+                                   parse_loss_csv, train_one_epoch, view_columns)
+from fusc_lib.store import Workdir
+from jobs._ray import cluster_cpus, connect
+from schemas.tables import SCANS
+
+CONFIG_FILE = "config.json"
+LOSS_FILE = "loss.csv"
+_SHUFFLE_BATCHES = 4  # local shuffle buffer, in batches (rows hold augmented views: keep small)
+
+
+def run_dir(workdir: Workdir, run: str) -> str:
+    return workdir.path("models", "ssl", run)
+
+
+def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None = None,
+                  resume: bool = False) -> dict:
+    """Train `config.method` on every scan of the workdir; returns a summary of the run.
+
+    A new run refuses an existing run folder; `resume=True` continues that run with the config
+    it was started with (only `workers` and `use_gpu` may change: the machines may differ).
+    """
+    folder = run_dir(workdir, config.run)
+    config = _run_config(workdir, config, resume)
+    scans = workdir.table(SCANS).count_rows()
+    per_worker_batch = config.batch_size // config.workers
+    steps_per_epoch = scans // config.workers // per_worker_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{scans} scans cannot fill one batch of {config.batch_size} "
+                         "(lower --batch-size or ingest more)")
+    backbone = create_backbone(config.backbone, config.init, config.image_size)
+    connect(ray_address)
+    # --- Ray Data: stream the stored PNGs, make the views on CPU workers ---
+    dataset = (ray.data.read_lance(workdir.table_uri(SCANS), columns=["image"])
+               .randomize_block_order()
+               .map_batches(view_columns, fn_kwargs={"views": create_views(config, backbone)},
+                            batch_size=per_worker_batch, batch_format="numpy"))
+    # --- Ray Train: the loop below on each worker, DDP between them ---
+    trainer = ray.train.torch.TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config.model_dump(), "run_dir": folder,
+                           "steps_per_epoch": steps_per_epoch,
+                           "per_worker_batch": per_worker_batch},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": _cpus_per_worker(config)}),
+        run_config=ray.train.RunConfig(
+            name=config.run, storage_path=f"{folder}/ray",
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets={"train": dataset})
+    started = time.monotonic()
+    with _ProgressPrinter(f"{folder}/{LOSS_FILE}"):
+        result = trainer.fit()
+    _export_encoder(result.checkpoint, folder)
+    history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_FILE}"))
+    return {"run": config.run, "run_dir": folder, "epochs": len(history),
+            "final_loss": history[-1]["loss"] if history else None,
+            "images_per_s": history[-1]["images_per_s"] if history else None,
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def _run_config(workdir: Workdir, config: SSLConfig, resume: bool) -> SSLConfig:
+    """The config of this run: the given one for a new run, the stored one when resuming."""
+    folder = run_dir(workdir, config.run)
+    started = exists(f"{folder}/{CONFIG_FILE}")
+    if resume and not started:
+        raise ValueError(f"nothing to resume: no run {config.run!r} in {folder}")
+    if started and not resume:
+        raise ValueError(f"run {config.run!r} exists in {folder}; pass --resume to continue it "
+                         "or --run-name to start another")
+    if resume:
+        stored = SSLConfig(**workdir.read_json("models", "ssl", config.run, CONFIG_FILE))
+        return stored.model_copy(update={"workers": config.workers, "use_gpu": config.use_gpu})
+    workdir.write_json(config.model_dump(), "models", "ssl", config.run, CONFIG_FILE)
+    return config
+
+
+def _cpus_per_worker(config: SSLConfig) -> float:
+    """CPUs a training worker reserves: by default 1, but always leave one for Ray Data.
+
+    Ray Data makes the views in tasks that need a free CPU; workers holding every CPU of the
+    cluster (2 workers on a 2-core laptop) would wait forever for their first batch.
+    """
+    if config.cpus_per_worker:
+        return config.cpus_per_worker
+    return min(1.0, max(0.1, (cluster_cpus() - 1) / config.workers))
+
+
+def _train_worker(loop: dict) -> None:
+    """Runs on every Ray Train worker. Ray-specific lines are marked `# ray`."""
+    config = SSLConfig(**loop["config"])
+    rank = ray.train.get_context().get_world_rank()  # ray
+    method = create_method(config)
+    model = ray.train.torch.prepare_model(method)  # ray: to the device, DDP when >1 worker
+    optimizer = make_optimizer(method, config)
+    state = TrainingState()
+    checkpoint = ray.train.get_checkpoint()  # ray: the last one reported, when resuming
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = TrainingState.load(method, optimizer, folder)
+    schedule = Schedule(config, loop["steps_per_epoch"])
+    shard = ray.train.get_dataset_shard("train")  # ray
+    for epoch in range(state.epoch, config.epochs):
+        batches = shard.iter_torch_batches(
+            batch_size=loop["per_worker_batch"], drop_last=True,
+            local_shuffle_buffer_size=_SHUFFLE_BATCHES * loop["per_worker_batch"])
+        stats = train_one_epoch(model, method, batches, optimizer, schedule, epoch)
+        state.epoch, state.history = epoch + 1, [*state.history, stats.row()]
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                state.save(method, optimizer, folder)
+                save_encoder(method.backbone, config.image_size, folder)
+            saved = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None  # ray
+            ray.train.report(stats.row(), checkpoint=saved)  # ray
+        if rank == 0:  # after the checkpoint: a row in loss.csv means its epoch was saved
+            write_bytes(f"{loop['run_dir']}/{LOSS_FILE}", loss_csv(state.history))
+
+
+def _export_encoder(checkpoint: ray.train.Checkpoint | None, folder: str) -> None:
+    """Copy the last checkpoint's backbone.pt and encoder.json to the run folder."""
+    if checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint")
+    with checkpoint.as_directory() as saved:
+        for name in (WEIGHTS, ENCODER_INFO):
+            write_bytes(f"{folder}/{name}", read_bytes(f"{saved}/{name}"))
+
+
+class _ProgressPrinter:
+    """Prints each new row of loss.csv while training runs (worker output does not reach us)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.printed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> "_ProgressPrinter":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._print_new_rows()
+
+    def _follow(self) -> None:
+        while not self.stop.wait(1.0):
+            self._print_new_rows()
+
+    def _print_new_rows(self) -> None:
+        if not exists(self.path):
+            return
+        data = read_bytes(self.path)
+        if not data.endswith(b"\n"):  # caught mid-write
+            return
+        rows = parse_loss_csv(data)
+        for row in rows[self.printed:]:
+            print(f"epoch {row['epoch']}: loss {row['loss']}, {row['images_per_s']} images/s, "
+                  f"{row['seconds']} s", flush=True)
+        self.printed = max(self.printed, len(rows))

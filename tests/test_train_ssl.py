@@ -1,0 +1,187 @@
+"""`fusc train-ssl` on real scans: a real LanceDB in a temp dir, the suite's real local Ray.
+
+Tiny images (32 px) and one or a few epochs keep the file near two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fusc_lib.augment import (MIN_FAN_SHARE, DinoViews, EvalTransform, SimCLRViews, fan_area,
+                              fan_share, sample_fan_crop)
+from fusc_lib.ingest import IngestConfig
+from fusc_lib.models import create_backbone
+from fusc_lib.models.backbones import IMAGENET_WEIGHTS, load_by_order
+from fusc_lib.models.encoder import load_encoder
+from fusc_lib.preprocess import clean_pixels, decode_png, workdir_preprocess
+from fusc_lib.ssl_config import SSLConfig
+from fusc_lib.ssl_training import parse_loss_csv
+from fusc_lib.store import Workdir
+from jobs.ingest import run_ingest
+from jobs.train_ssl import run_dir, run_train_ssl
+from schemas.tables import SCANS
+
+SCANS_IN_TABLE = 24
+TINY = {"image_size": 32, "batch_size": 8, "workers": 2, "init": "random"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, data_dir, ray_session) -> Workdir:
+    """24 real scans of all five sites and four views, ingested at 64 px."""
+    folder = tmp_path_factory.mktemp("scans")
+    images = sorted((data_dir / "african-planes" / "images").glob("*.png"))
+    for path in images[::len(images) // SCANS_IN_TABLE][:SCANS_IN_TABLE]:
+        shutil.copy(path, folder / path.name)
+    store = Workdir(str(tmp_path_factory.mktemp("work")))
+    preprocess = workdir_preprocess(store, {"ocr_engine": "none", "image_size": 64})
+    run_ingest(store, IngestConfig(paths=[str(folder)]), preprocess)
+    assert store.table(SCANS).count_rows() >= 16
+    return store
+
+
+def _stored_scans(store: Workdir, n: int) -> list[np.ndarray]:
+    return [decode_png(data) for data in store.column(SCANS, "image").to_pylist()[:n]]
+
+
+def _scan(data_dir: Path, size: int = 128) -> np.ndarray:
+    import cv2
+
+    path = sorted((data_dir / "african-planes" / "images").glob("*.png"))[0]
+    return clean_pixels(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), [], size)
+
+
+# --- augmentations ---
+
+def test_crops_stay_inside_the_fan(data_dir):
+    image = _scan(data_dir)
+    fan = fan_area(image)
+    assert 0.3 < fan.mean() < 1.0  # a real fan with black around it
+    rng = np.random.default_rng(0)
+    for scale in ((0.3, 1.0), (0.05, 0.2)):
+        boxes = [sample_fan_crop(fan, rng, scale) for _ in range(200)]
+        assert min(fan_share(fan, box) for box in boxes) >= MIN_FAN_SHARE
+        assert len(set(boxes)) > 150  # still random
+
+
+def test_views_have_the_right_shapes_and_differ(data_dir):
+    image, rng = _scan(data_dir), np.random.default_rng(0)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    first, second = SimCLRViews(64, mean, std)(image, rng)
+    assert first.shape == second.shape == (3, 64, 64) and first.dtype == torch.float32
+    assert torch.isfinite(first).all() and not torch.equal(first, second)
+    views = DinoViews(64, 32, 3, mean, std)(image, rng)
+    assert [tuple(v.shape) for v in views] == [(3, 64, 64)] * 2 + [(3, 32, 32)] * 3
+    evaluate = EvalTransform(48, mean, std)
+    assert torch.equal(evaluate(image), evaluate(image))
+    assert evaluate(image).shape == (3, 48, 48)
+    black = evaluate(np.zeros((128, 128), np.uint8))  # outside the fan: (0 - mean) / std
+    assert torch.allclose(black, torch.full_like(black, -2.0))
+
+
+# --- backbones ---
+
+def test_imagenet_weights_load_into_efficientnet_lite0():
+    images = torch.randn(2, 3, 64, 64)
+    imagenet = create_backbone("efficientnet_lite0", "imagenet").eval()
+    random = create_backbone("efficientnet_lite0", "random").eval()
+    source = torch.load(IMAGENET_WEIGHTS["efficientnet_lite0"].path(), map_location="cpu")
+    assert torch.equal(imagenet.net.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(imagenet.net.conv_head.weight, source["_conv_head.weight"])
+    with torch.no_grad():
+        assert not torch.allclose(imagenet(images), random(images), atol=1e-3)
+    assert imagenet.dim == 1280 and imagenet.mean != random.mean
+
+
+def test_imagenet_init_without_local_weights_names_those_that_have_them():
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        create_backbone("resnet18", "imagenet")
+
+
+def test_weights_of_another_architecture_never_load_silently():
+    net = create_backbone("efficientnet_lite0", "random").net
+    source = torch.load(IMAGENET_WEIGHTS["efficientnet_lite0"].path(), map_location="cpu")
+    with pytest.raises(ValueError, match="entries"):
+        load_by_order(net, dict(list(source.items())[1:]), "_fc.")
+    swapped = dict(source)
+    swapped["_conv_stem.weight"] = torch.zeros(16, 3, 3, 3)
+    with pytest.raises(ValueError, match="shape mismatch at conv_stem.weight"):
+        load_by_order(net, swapped, "_fc.")
+
+
+# --- training runs (real Ray Train, 2 workers) ---
+
+def _outputs(store: Workdir, run: str) -> tuple[list[dict], dict]:
+    folder = Path(run_dir(store, run))
+    assert {"backbone.pt", "encoder.json", "config.json", "loss.csv"} <= {
+        p.name for p in folder.iterdir()}
+    return parse_loss_csv((folder / "loss.csv").read_bytes()), store.read_json(
+        "models", "ssl", run, "config.json")
+
+
+def _assert_unit_embeddings(store: Workdir, run: str, dim: int) -> None:
+    encoder = load_encoder(run_dir(store, run))
+    with torch.no_grad():
+        vectors = encoder(encoder.prepare(_stored_scans(store, 5)))
+    assert vectors.shape == (5, dim) and vectors.dtype == torch.float32
+    assert torch.isfinite(vectors).all()
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_simclr_run_killed_after_an_epoch_resumes_from_its_checkpoint(workdir, ray_session):
+    run, epochs = "simclr-killed", 4
+    command = [sys.executable, "-c",
+               "import sys; from fusc_lib.store import Workdir; "
+               "from fusc_lib.ssl_config import SSLConfig; from jobs.train_ssl import run_train_ssl; "
+               "run_train_ssl(Workdir(sys.argv[1]), SSLConfig.from_profile('quick', "
+               f"run_name={run!r}, epochs={epochs}, **{TINY!r}), sys.argv[2])",
+               workdir.root, ray_session.get_runtime_context().gcs_address]
+    process = subprocess.Popen(command, cwd=Path(__file__).parents[1],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    loss_file = Path(run_dir(workdir, run)) / "loss.csv"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        # Two epochs written: the first one's checkpoint is surely registered with Ray Train.
+        if loss_file.exists() and len(parse_loss_csv(loss_file.read_bytes())) >= 2:
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "training ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = parse_loss_csv(loss_file.read_bytes())
+    assert 2 <= len(before) < epochs
+
+    with pytest.raises(ValueError, match="--resume"):
+        run_train_ssl(workdir, SSLConfig(run_name=run, **TINY))
+    summary = run_train_ssl(workdir, SSLConfig(run_name=run, workers=2), resume=True)
+    history, config = _outputs(workdir, run)
+    assert summary["epochs"] == epochs == config["epochs"]
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    assert history[0] == before[0]  # epochs already done were not trained again
+    assert all(np.isfinite(row["loss"]) and row["images_per_s"] > 0 for row in history)
+    assert config["backbone"] == "efficientnet_lite0" and config["image_size"] == 32
+    _assert_unit_embeddings(workdir, run, 1280)
+
+
+def test_dino_with_a_small_vit_one_epoch(workdir, ray_session):
+    config = SSLConfig.from_profile(
+        "quick", run_name="dino-vit", method="dino", backbone="vit_tiny_patch16_224", epochs=1,
+        dino_local_size=16, dino_local_crops=2, dino_out_dim=256, **TINY)
+    summary = run_train_ssl(workdir, config)
+    history, stored = _outputs(workdir, "dino-vit")
+    assert summary["epochs"] == 1 and len(history) == 1 and np.isfinite(history[0]["loss"])
+    assert stored["method"] == "dino"
+    _assert_unit_embeddings(workdir, "dino-vit", 192)
+
+
+def test_resume_without_a_run_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume"):
+        run_train_ssl(Workdir(str(tmp_path)), SSLConfig(run_name="never-started"), resume=True)
