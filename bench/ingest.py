@@ -27,7 +27,8 @@ from fusc_lib.ingest import IngestConfig
 from fusc_lib.io import decode
 from fusc_lib.ocr import make_engine
 from fusc_lib.preprocess import to_gray, workdir_preprocess
-from fusc_lib.sources import gather_sources, read_bytes
+from fusc_lib.artifacts import read_bytes
+from fusc_lib.sources import gather_sources
 from fusc_lib.store import Workdir
 from jobs._ray import connect
 from jobs.ingest import run_ingest

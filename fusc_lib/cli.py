@@ -115,3 +115,37 @@ def _print_ingest_summary(summary, store) -> None:
     table.add_row("time", f"{summary.seconds:.1f} s")
     Console().print(table)
     console.print(f"tables in {store.lancedb_uri} (scans, quarantine)")
+
+
+@app.command()
+def embed(
+    model: Annotated[Optional[str], typer.Option(
+        help="SSL run name under <workdir>/models/ssl/, or pretrained:<timm backbone> for "
+             "ImageNet features [default: the newest SSL run].")] = None,
+    input_size: Annotated[int, typer.Option(
+        help="Input size for pretrained:<backbone> (SSL runs use their own).")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    concurrency: Annotated[Optional[int], typer.Option(
+        help="Model replicas [default: one per CPU, or one per GPU with --use-gpu].")] = None,
+    use_gpu: Annotated[bool, typer.Option(help="Run each replica on a GPU.")] = False,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Write one unit-length vector per scan into the `embeddings` table.
+
+    Only scans without a vector for this model are embedded: rerunning adds nothing, and an
+    interrupted run resumes. The LanceDB vector index is built once the table is large.
+    """
+    from fusc_lib.store import Workdir
+    from jobs.embed import EmbedConfig, run_embed
+
+    store = Workdir(workdir)
+    try:
+        config = EmbedConfig(model=model, input_size=input_size, batch_size=batch_size,
+                             concurrency=concurrency, use_gpu=use_gpu)
+        summary = run_embed(store, config, ray_address)
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"model {summary.model_run}: {summary.embedded} scans embedded, "
+                  f"{summary.already_done} already had a vector ({summary.seconds:.1f} s)"
+                  + ("; vector index built" if summary.indexed else ""))

@@ -20,7 +20,8 @@ from fusc_lib.io import BadInput, DecodedScan, content_id, decode, frame_id
 from fusc_lib.preprocess import (PREPROCESS_VERSION, PreparedFrame, PreprocessConfig,
                                  Preprocessor, encode_png)
 from fusc_lib.privacy import hash_identifier
-from fusc_lib.sources import Source, read_bytes
+from fusc_lib.artifacts import read_bytes
+from fusc_lib.sources import Source
 from fusc_lib.store import utc_now
 from schemas.tables import QUARANTINE_SCHEMA, SCANS_SCHEMA
 

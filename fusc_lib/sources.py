@@ -130,10 +130,3 @@ def gather_sources(locations: list[str], manifest: str | None = None) -> list[So
         for source in read_manifest(manifest):
             found[source.uri] = source
     return list(found.values())
-
-
-def read_bytes(uri: str) -> bytes:
-    """The whole file behind a URI or local path."""
-    filesystem, path, _ = _filesystem(uri)
-    with filesystem.open_input_file(path) as stream:
-        return stream.read()

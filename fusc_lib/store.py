@@ -15,6 +15,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from fusc_lib import artifacts
 from schemas.tables import SCHEMAS
 
 DEFAULT_WORKDIR = "./fusc-work"
@@ -95,14 +96,9 @@ class Workdir:
     # --- small JSON artifacts (configs the stages share) ---
 
     def read_json(self, *parts: str) -> dict | None:
-        filesystem, path = pafs.FileSystem.from_uri(self.path(*parts))
-        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
-        with filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read())
+        uri = self.path(*parts)
+        return json.loads(artifacts.read_bytes(uri)) if artifacts.exists(uri) else None
 
     def write_json(self, payload: dict, *parts: str) -> None:
-        filesystem, path = pafs.FileSystem.from_uri(self.path(*parts))
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(json.dumps(payload, indent=2, sort_keys=True).encode())
+        data = json.dumps(payload, indent=2, sort_keys=True).encode()
+        artifacts.write_bytes(self.path(*parts), data)

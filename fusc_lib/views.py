@@ -20,28 +20,32 @@ _FUZZY_FROM = 5  # aliases this long also match with one wrong, missing or extra
 _NON_ALNUM = re.compile(r"[^0-9A-Z]+")
 
 
+_CONFUSABLE = str.maketrans("OILS", "0115")  # letters OCR reads for digits and back
+
+
 def _squash(text: str) -> str:
-    """Upper-case and drop every separator: '4 ch', '4-CH' and '4CH' become '4CH'."""
-    return _NON_ALNUM.sub("", text.upper())
+    """Upper-case, fold confusable letters, drop separators: '4 ch', '4-CH', '4CH' are one."""
+    return _NON_ALNUM.sub("", text.upper()).translate(_CONFUSABLE)
 
 
 def _words(text: str) -> list[str]:
-    return [w for w in _NON_ALNUM.split(text.upper()) if w]
+    return [w.translate(_CONFUSABLE) for w in _NON_ALNUM.split(text.upper()) if w]
 
 
-def _names(alias: str, words: list[str]) -> bool:
+def _names(alias: str, words: list[str], fuzzy: bool) -> bool:
     """True when a run of consecutive whole words spells the alias ("4", "CH" spell "4CH").
 
-    Whole words only, so "TV" is not found in "TVUS"; aliases of five letters or more also match
-    with one OCR slip.
+    Whole words only, so "TV" is not found in "TVUS"; with `fuzzy`, aliases of five characters or
+    more also match with one OCR slip.
     """
+    fuzzy = fuzzy and len(alias) >= _FUZZY_FROM
     for start in range(len(words)):
         joined = ""
         for word in words[start:]:
             joined += word
             if len(joined) > len(alias) + 1:
                 break
-            if joined == alias or (len(alias) >= _FUZZY_FROM and _within_one_edit(joined, alias)):
+            if joined == alias or (fuzzy and _within_one_edit(joined, alias)):
                 return True
     return False
 
@@ -95,8 +99,9 @@ class ViewVocabulary:
     def _build_aliases(spec: dict) -> list[Alias]:
         aliases = [Alias(_squash(a), view, 1.0)
                    for view, entry in spec["views"].items() for a in entry["aliases"]]
-        aliases += [Alias(_squash(a), region, 1.0)
-                    for region, names in spec.get("regions", {}).items() for a in names]
+        regions = spec.get("regions", {})
+        aliases += [Alias(_squash(a), region, float(regions.get("weight", 1.0)))
+                    for region, names in regions.get("names", {}).items() for a in names]
         measurements = spec.get("measurements", {})
         weight = float(measurements.get("weight", 1.0))
         aliases += [Alias(_squash(a), view, weight)
@@ -121,24 +126,30 @@ class ViewVocabulary:
     def match_line(self, line: str) -> Alias | None:
         """The best alias named by one line of screen text, or None."""
         words = _words(line)
-        return next((alias for alias in self._aliases if _names(alias.squashed, words)), None)
+        for fuzzy in (False, True):  # "RV OUTFLOW" must not become "LV OUTFLOW" by one slip
+            found = next((a for a in self._aliases if _names(a.squashed, words, fuzzy)), None)
+            if found:
+                return found
+        return None
 
     def match(self, lines: Iterable[tuple[str, float]]) -> ViewMatch:
         """Map the text lines of one image (text, OCR confidence) to a view.
 
-        The strongest match wins: OCR confidence times the alias weight, longer aliases first on
-        ties. Lines that name no view are ignored, so machine text (dates, presets) costs nothing.
+        A typed view name beats a region or a caliper label whatever their OCR confidence (the
+        weight ranks first); then the more confident read, then the longer alias. Lines that name
+        no view are ignored, so machine text (dates, presets) costs nothing.
         """
-        best: tuple[float, int, ViewMatch] | None = None
+        best: tuple[float, float, int, ViewMatch] | None = None
         for text, ocr_confidence in lines:
             alias = self.match_line(text)
             if alias is None:
                 continue
             score = float(ocr_confidence) * alias.weight
-            candidate = (score, len(alias.squashed), ViewMatch(alias.label, score, text))
-            if best is None or candidate[:2] > best[:2]:
+            candidate = (alias.weight, score, len(alias.squashed),
+                         ViewMatch(alias.label, score, text))
+            if best is None or candidate[:3] > best[:3]:
                 best = candidate
-        return best[2] if best else ViewMatch(UNKNOWN, 0.0)
+        return best[3] if best else ViewMatch(UNKNOWN, 0.0)
 
 
 @lru_cache(maxsize=8)

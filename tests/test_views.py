@@ -20,13 +20,14 @@ def vocabulary() -> ViewVocabulary:
     ("ABDOMEN", "abdomen"), ("AC 21.3 cm", "abdomen"), ("KIDNEYS", "kidney"),
     ("SPINE SAG", "spine"), ("LIPS/NOSE", "lips_nose"), ("PROFILE", "profile"),
     ("ORBITS", "orbit"), ("DIAPHRAGM", "diaphragm"), ("CORD INSERTION", "cord_insertion"),
-    ("FEET", "feet"), ("THORAX", "heart"),
+    ("FEET", "feet"), ("THORAX", "heart"), ("RV OUTFLOW", "rvot"), ("SCH", "lvot"),
+    ("Cl", "cord_insertion"), ("4 CH 67Hz", "4ch"),
 ])
 def test_real_world_spellings(vocabulary, text, view):
     assert vocabulary.match([(text, 0.9)]).view == view
 
 
-@pytest.mark.parametrize("text", ["25Hz/15.6cm", "Voluson S10", "3 Trim./OB", "TVUS",
+@pytest.mark.parametrize("text", ["25Hz/15.6cm", "Voluson S10", "3 Trim./OB", "TVUS", "Cardiac/OB",
                                   "SRI II 2/CRI 3", "Gn -3", "65°/2.7", ""])
 def test_machine_text_names_no_view(vocabulary, text):
     assert vocabulary.match([(text, 0.9)]).view == UNKNOWN
@@ -36,6 +37,10 @@ def test_typed_name_beats_caliper_label_and_confidence_is_scaled(vocabulary):
     match = vocabulary.match([("BPD 4.5cm", 0.95), ("FEMUR", 0.9)])
     assert match.view == "femur"
     assert vocabulary.match([("BPD 4.5cm", 1.0)]).confidence == pytest.approx(0.8)
+
+
+def test_typed_view_beats_a_region_read_more_confidently(vocabulary):
+    assert vocabulary.match([("THORAX", 0.99), ("4CHAMBER", 0.5)]).view == "4ch"
 
 
 def test_every_view_has_a_super_class(vocabulary):
