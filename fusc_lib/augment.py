@@ -18,7 +18,7 @@ would repeat across workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -60,8 +60,8 @@ def sample_fan_crop(fan: np.ndarray, rng: np.random.Generator, scale: tuple[floa
     for _ in range(_CROP_TRIES):
         area = height * width * rng.uniform(*scale)
         aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-        w = int(round(np.sqrt(area * aspect)))
-        h = int(round(np.sqrt(area / aspect)))
+        w = round(np.sqrt(area * aspect))
+        h = round(np.sqrt(area / aspect))
         if not (0 < w <= width and 0 < h <= height):
             continue
         x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))

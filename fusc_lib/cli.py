@@ -149,3 +149,74 @@ def embed(
     console.print(f"model {summary.model_run}: {summary.embedded} scans embedded, "
                   f"{summary.already_done} already had a vector ({summary.seconds:.1f} s)"
                   + ("; vector index built" if summary.indexed else ""))
+
+
+@app.command("train-ssl")
+def train_ssl(
+    profile: Annotated[str, typer.Option(
+        help="Defaults to start from: quick (CPU laptop, minutes), paper (ResNet18 SimCLR, GPU), "
+             "paper-dino (ViT-S/16 DINO, GPU).")] = "quick",
+    method: Annotated[Optional[str], typer.Option(help="simclr | dino.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Any timm architecture name.")] = None,
+    init: Annotated[Optional[str], typer.Option(
+        help="random | imagenet (local weights, no download) | PATH of a state dict.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Side of the training views.")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="SimCLR temperature.")] = None,
+    strength: Annotated[Optional[float], typer.Option(
+        help="Scale of the machine-style augmentations (gain, gamma, speckle, blur, ...).")] = None,
+    dino_local_crops: Annotated[Optional[int], typer.Option(help="DINO local views.")] = None,
+    dino_local_size: Annotated[Optional[int], typer.Option(help="DINO local view side.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray Train workers.")] = None,
+    use_gpu: Annotated[Optional[bool], typer.Option(help="One GPU per worker.")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    run_name: Annotated[Optional[str], typer.Option(
+        help="Folder under <workdir>/models/ssl/ [default: <method>-<backbone>].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last epoch.")] = False,
+    labels: Annotated[Optional[list[Path]], typer.Option(
+        help="CSV (file|path, view, site), repeatable, used only to print how well the embedding "
+             "separates views and how much hospital style it keeps.",
+        exists=True, dir_okay=False)] = None,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Self-supervised training of the backbone on the `scans` table (SimCLR or DINO).
+
+    Writes <workdir>/models/ssl/<run>/: backbone.pt + encoder.json, config.json, loss.csv.
+    """
+    from fusc_lib.ssl_config import SSLConfig
+    from fusc_lib.store import Workdir
+    from jobs.train_ssl import run_train_ssl
+
+    options = {"method": method, "backbone": backbone, "init": init, "image_size": image_size,
+               "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+               "temperature": temperature, "strength": strength,
+               "dino_local_crops": dino_local_crops, "dino_local_size": dino_local_size,
+               "workers": workers, "use_gpu": use_gpu, "seed": seed, "run_name": run_name}
+    store = Workdir(workdir)
+    try:
+        config = SSLConfig.from_profile(profile, **options)
+        summary = run_train_ssl(store, config, ray_address, resume=resume)
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"run {summary['run']}: {summary['epochs']} epochs, final loss "
+                  f"{summary['final_loss']}, {summary['images_per_s']} images/s; "
+                  f"saved in {summary['run_dir']}")
+    if labels:
+        _print_representation_report(store, labels, summary["run_dir"])
+
+
+def _print_representation_report(store, labels: list[Path], run_dir: str) -> None:
+    from fusc_lib.diagnostics import representation_report
+
+    table = Table(title="embedding against the labels (used only to score)")
+    for column in ("variant", "scans", "kNN acc. (view)", "k-means NMI (view)",
+                   "k-means NMI (site), lower = less hospital style"):
+        table.add_column(column)
+    for variant, scores in representation_report(store, labels, run_dir).items():
+        table.add_row(variant, str(scores["scans"]), f"{scores['knn_accuracy_view']:.3f}",
+                      f"{scores['kmeans_nmi_view']:.3f}", f"{scores['kmeans_nmi_site']:.3f}")
+    Console().print(table)

@@ -51,7 +51,7 @@ class SSLConfig(BaseModel):
         return self.run_name or f"{self.method}-{self.backbone}"
 
     @classmethod
-    def from_profile(cls, name: str, **overrides) -> "SSLConfig":
+    def from_profile(cls, name: str, **overrides) -> SSLConfig:
         if name not in PROFILES:
             raise ValueError(f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}")
         given = {key: value for key, value in overrides.items() if value is not None}

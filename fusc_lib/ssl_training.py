@@ -11,7 +11,7 @@ import io
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -121,7 +121,7 @@ class TrainingState:
 
     @classmethod
     def load(cls, method: SSLMethod, optimizer: torch.optim.Optimizer,
-             folder: str) -> "TrainingState":
+             folder: str) -> TrainingState:
         saved = torch.load(f"{folder}/{STATE_FILE}", map_location="cpu")
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -84,11 +84,11 @@ class Workdir:
     def ssl_run_dir(self, run: str) -> str:
         return self.path("models", "ssl", run)
 
-    def ssl_runs(self) -> list[str]:
-        """Names of the SSL runs that wrote a config.json, oldest first."""
+    def ssl_runs(self, marker: str = "encoder.json") -> list[str]:
+        """Names of the SSL runs holding `marker` (what a finished run exports), oldest first."""
         filesystem, root = pafs.FileSystem.from_uri(self.path("models", "ssl"))
         runs = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        configs = filesystem.get_file_info([f"{r.path}/config.json" for r in runs
+        configs = filesystem.get_file_info([f"{r.path}/{marker}" for r in runs
                                             if r.type == pafs.FileType.Directory])
         found = [c for c in configs if c.type == pafs.FileType.File]
         return [c.path.rsplit("/", 2)[-2] for c in sorted(found, key=lambda c: c.mtime)]

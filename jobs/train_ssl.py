@@ -11,6 +11,7 @@ config.json (the SSLConfig used), loss.csv (rewritten every epoch) and ray/ (che
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
@@ -35,18 +36,15 @@ LOSS_FILE = "loss.csv"
 _SHUFFLE_BATCHES = 4  # local shuffle buffer, in batches (rows hold augmented views: keep small)
 
 
-def run_dir(workdir: Workdir, run: str) -> str:
-    return workdir.path("models", "ssl", run)
-
-
 def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None = None,
                   resume: bool = False) -> dict:
     """Train `config.method` on every scan of the workdir; returns a summary of the run.
 
     A new run refuses an existing run folder; `resume=True` continues that run with the config
-    it was started with (only `workers` and `use_gpu` may change: the machines may differ).
+    it was started with (only `workers`, `cpus_per_worker` and `use_gpu` may change: the
+    machines may differ).
     """
-    folder = run_dir(workdir, config.run)
+    folder = workdir.ssl_run_dir(config.run)
     config = _run_config(workdir, config, resume)
     scans = workdir.table(SCANS).count_rows()
     per_worker_batch = config.batch_size // config.workers
@@ -87,7 +85,7 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
 
 def _run_config(workdir: Workdir, config: SSLConfig, resume: bool) -> SSLConfig:
     """The config of this run: the given one for a new run, the stored one when resuming."""
-    folder = run_dir(workdir, config.run)
+    folder = workdir.ssl_run_dir(config.run)
     started = exists(f"{folder}/{CONFIG_FILE}")
     if resume and not started:
         raise ValueError(f"nothing to resume: no run {config.run!r} in {folder}")
@@ -95,9 +93,10 @@ def _run_config(workdir: Workdir, config: SSLConfig, resume: bool) -> SSLConfig:
         raise ValueError(f"run {config.run!r} exists in {folder}; pass --resume to continue it "
                          "or --run-name to start another")
     if resume:
-        stored = SSLConfig(**workdir.read_json("models", "ssl", config.run, CONFIG_FILE))
-        return stored.model_copy(update={"workers": config.workers, "use_gpu": config.use_gpu})
-    workdir.write_json(config.model_dump(), "models", "ssl", config.run, CONFIG_FILE)
+        stored = SSLConfig(**json.loads(read_bytes(f"{folder}/{CONFIG_FILE}")))
+        hardware = {"workers", "cpus_per_worker", "use_gpu"}
+        return stored.model_copy(update=config.model_dump(include=hardware))
+    write_bytes(f"{folder}/{CONFIG_FILE}", config.model_dump_json(indent=2).encode())
     return config
 
 
@@ -160,9 +159,8 @@ class _ProgressPrinter:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True)
 
-    def __enter__(self) -> "_ProgressPrinter":
+    def __enter__(self) -> None:
         self.thread.start()
-        return self
 
     def __exit__(self, *exc) -> None:
         self.stop.set()

@@ -5,6 +5,7 @@ Tiny images (32 px) and one or a few epochs keep the file near two minutes on tw
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.ssl_training import parse_loss_csv
 from fusc_lib.store import Workdir
 from jobs.ingest import run_ingest
-from jobs.train_ssl import run_dir, run_train_ssl
+from jobs.train_ssl import run_train_ssl
 from schemas.tables import SCANS
 
 SCANS_IN_TABLE = 24
@@ -55,7 +56,7 @@ def _stored_scans(store: Workdir, n: int) -> list[np.ndarray]:
 def _scan(data_dir: Path, size: int = 128) -> np.ndarray:
     import cv2
 
-    path = sorted((data_dir / "african-planes" / "images").glob("*.png"))[0]
+    path = min((data_dir / "african-planes" / "images").glob("*.png"))
     return clean_pixels(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), [], size)
 
 
@@ -120,15 +121,15 @@ def test_weights_of_another_architecture_never_load_silently():
 # --- training runs (real Ray Train, 2 workers) ---
 
 def _outputs(store: Workdir, run: str) -> tuple[list[dict], dict]:
-    folder = Path(run_dir(store, run))
+    folder = Path(store.ssl_run_dir(run))
     assert {"backbone.pt", "encoder.json", "config.json", "loss.csv"} <= {
         p.name for p in folder.iterdir()}
-    return parse_loss_csv((folder / "loss.csv").read_bytes()), store.read_json(
-        "models", "ssl", run, "config.json")
+    return (parse_loss_csv((folder / "loss.csv").read_bytes()),
+            json.loads((folder / "config.json").read_text()))
 
 
 def _assert_unit_embeddings(store: Workdir, run: str, dim: int) -> None:
-    encoder = load_encoder(run_dir(store, run))
+    encoder = load_encoder(store.ssl_run_dir(run))
     with torch.no_grad():
         vectors = encoder(encoder.prepare(_stored_scans(store, 5)))
     assert vectors.shape == (5, dim) and vectors.dtype == torch.float32
@@ -138,15 +139,16 @@ def _assert_unit_embeddings(store: Workdir, run: str, dim: int) -> None:
 
 def test_simclr_run_killed_after_an_epoch_resumes_from_its_checkpoint(workdir, ray_session):
     run, epochs = "simclr-killed", 4
-    command = [sys.executable, "-c",
-               "import sys; from fusc_lib.store import Workdir; "
-               "from fusc_lib.ssl_config import SSLConfig; from jobs.train_ssl import run_train_ssl; "
-               "run_train_ssl(Workdir(sys.argv[1]), SSLConfig.from_profile('quick', "
-               f"run_name={run!r}, epochs={epochs}, **{TINY!r}), sys.argv[2])",
-               workdir.root, ray_session.get_runtime_context().gcs_address]
+    script = ("import sys; from fusc_lib.store import Workdir; "
+              "from fusc_lib.ssl_config import SSLConfig; "
+              "from jobs.train_ssl import run_train_ssl; "
+              "run_train_ssl(Workdir(sys.argv[1]), SSLConfig.from_profile('quick', "
+              f"run_name={run!r}, epochs={epochs}, **{TINY!r}), sys.argv[2])")
+    command = [sys.executable, "-c", script, workdir.root,
+               ray_session.get_runtime_context().gcs_address]
     process = subprocess.Popen(command, cwd=Path(__file__).parents[1],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    loss_file = Path(run_dir(workdir, run)) / "loss.csv"
+    loss_file = Path(workdir.ssl_run_dir(run)) / "loss.csv"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
         # Two epochs written: the first one's checkpoint is surely registered with Ray Train.

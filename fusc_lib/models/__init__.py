@@ -10,7 +10,7 @@ from fusc_lib.models.simclr import SimCLR
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
 from fusc_lib.ssl_config import SSLConfig
 
-METHODS: dict[str, type[SimCLR] | type[DINO]] = {"simclr": SimCLR, "dino": DINO}
+METHODS: dict[str, type[SimCLR | DINO]] = {"simclr": SimCLR, "dino": DINO}
 
 
 def create_method(config: SSLConfig) -> SSLMethod:
@@ -25,5 +25,12 @@ def create_views(config: SSLConfig, backbone: Backbone) -> ViewMaker:
     return METHODS[config.method].views(config, backbone)
 
 
-__all__ = ["Backbone", "METHODS", "SSLMethod", "ViewMaker", "create_backbone", "create_method",
-           "create_views"]
+__all__ = [
+    "METHODS",
+    "Backbone",
+    "SSLMethod",
+    "ViewMaker",
+    "create_backbone",
+    "create_method",
+    "create_views",
+]

@@ -109,10 +109,11 @@ def create_backbone(name: str, init: str = IMAGENET, image_size: int | None = No
 
 
 def _timm_model(name: str, image_size: int | None) -> nn.Module:
-    if name not in timm.list_models():
+    if not timm.is_model(name):
         raise ValueError(f"unknown backbone {name!r}: not a timm architecture")
     options = {}
-    if image_size and timm.get_pretrained_cfg(name).fixed_input_size:
+    default = timm.get_pretrained_cfg(name)
+    if image_size and default is not None and default.fixed_input_size:
         options = {"img_size": image_size, "dynamic_img_size": True}
     return timm.create_model(name, pretrained=False, num_classes=0, **options)
 

@@ -43,7 +43,7 @@ class DINO(SSLMethod):
                                   warmup_teacher_temp=teacher_temperature)
 
     @classmethod
-    def from_config(cls, config: SSLConfig, backbone: Backbone) -> "DINO":
+    def from_config(cls, config: SSLConfig, backbone: Backbone) -> DINO:
         return cls(backbone, config.dino_out_dim, config.dino_momentum,
                    config.teacher_temperature)
 

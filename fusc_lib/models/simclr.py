@@ -26,7 +26,7 @@ class SimCLR(SSLMethod):
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     @classmethod
-    def from_config(cls, config: SSLConfig, backbone: Backbone) -> "SimCLR":
+    def from_config(cls, config: SSLConfig, backbone: Backbone) -> SimCLR:
         return cls(backbone, config.temperature)
 
     @staticmethod

@@ -1,0 +1,159 @@
+"""The k nearest neighbours of every embedding, the input of the FUSC loss (stage 2).
+
+Vectors are L2-normalised float32, so inner product is cosine similarity. Up to `EXACT_MAX`
+vectors the search is exact (`IndexFlatIP`, one BLAS product per block); above it an IVF index
+whose `nprobe` is calibrated on the data itself against exact search of a sample of queries,
+so the promised recall holds for the embeddings at hand rather than for a benchmark's.
+Measurements behind the numbers: `bench/neighbors.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+# Exact self-search costs N²·D: on 2 CPU cores 40,000 × 512 takes ~20 s, where IVF takes ~6 s.
+# On a GPU exact search of 1M × 512 takes seconds, so the switch comes much later there.
+EXACT_MAX_CPU = 40_000
+EXACT_MAX_GPU = 2_000_000
+TARGET_RECALL = 0.95
+CALIBRATION_QUERIES = 500
+TRAIN_PER_LIST = 40  # faiss asks for ≥ 39 training points per list
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """Which index `mine_neighbors` builds for N vectors, for logs and for the caller's budget."""
+
+    kind: str  # "flat" (exact) or "ivf"
+    n: int
+    gpu: bool
+    nlist: int = 0
+    train_size: int = 0
+
+    def describe(self) -> str:
+        where = "GPU" if self.gpu else "CPU"
+        if self.kind == "flat":
+            return f"exact IndexFlatIP over {self.n:,} vectors on {where}"
+        return (f"IVF{self.nlist},Flat (inner product) over {self.n:,} vectors on {where}, "
+                f"trained on {self.train_size:,}, nprobe calibrated for recall ≥ {TARGET_RECALL}")
+
+
+def choose_index(n: int, *, exact_max: int | None = None, use_gpu: bool | None = None) -> IndexChoice:
+    """Exact up to `exact_max` vectors; IVF with nlist ≈ 4·√N above, which balances the cost
+    of the coarse search (nlist per query) against the list scans (nprobe·N/nlist per query)."""
+    gpu = _want_gpu(use_gpu)
+    limit = exact_max if exact_max is not None else (EXACT_MAX_GPU if gpu else EXACT_MAX_CPU)
+    if n <= limit:
+        return IndexChoice("flat", n, gpu)
+    nlist = max(1, min(int(4 * math.sqrt(n)), n // TRAIN_PER_LIST))
+    return IndexChoice("ivf", n, gpu, nlist=nlist, train_size=min(n, TRAIN_PER_LIST * nlist))
+
+
+def mine_neighbors(vectors: np.ndarray, k: int = 20, *, exact_max: int | None = None,
+                   use_gpu: bool | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (N, k) int64 and cosine similarities (N, k) float32 of each vector's neighbours,
+    best first, the vector itself left out.
+
+    Self is dropped by id, not by rank: with duplicates, an identical twin may come first.
+    """
+    x = _unit_float32(vectors)
+    if not 0 < k < len(x):
+        raise ValueError(f"k = {k} needs 0 < k < N = {len(x)}")
+    choice = choose_index(len(x), exact_max=exact_max, use_gpu=use_gpu)
+    index = _build(x, choice, seed)
+    similarities, indices = index.search(x, k + 1)
+    missing = (indices < 0).any(axis=1)
+    if missing.any():  # an approximate search can come back short; rare, so redo those exactly
+        similarities[missing], indices[missing] = faiss.knn(
+            x[missing], x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    return _drop_self(indices, similarities, k)
+
+
+def _want_gpu(use_gpu: bool | None) -> bool:
+    available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if use_gpu and not available:
+        raise RuntimeError("use_gpu=True but this faiss has no GPU (install faiss-gpu)")
+    return available if use_gpu is None else use_gpu
+
+
+def _unit_float32(vectors: np.ndarray) -> np.ndarray:
+    """Contiguous float32 unit rows; copies only when the input is not that already."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1)
+    if np.abs(norms - 1).max(initial=0) > 1e-3:
+        x = x / norms.clip(1e-12)[:, None]
+    return x
+
+
+def _build(x: np.ndarray, choice: IndexChoice, seed: int) -> faiss.Index:
+    if choice.kind == "flat":
+        index = faiss.IndexFlatIP(x.shape[1])
+        index = _to_gpu(index) if choice.gpu else index
+        index.add(x)
+        return index
+    index = _train_ivf(x, choice, seed)
+    index.add(x)
+    _calibrate_nprobe(index, x, choice, seed)
+    return index
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def _train_ivf(x: np.ndarray, choice: IndexChoice, seed: int) -> faiss.Index:
+    """IVF-Flat: keeps full vectors (recall limited only by nprobe), 4 bytes × D per vector."""
+    quantizer = faiss.IndexFlatIP(x.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], choice.nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.cp.niter = 10  # k-means converges enough for routing; 25 iterations cost 2.5× the time
+    if choice.gpu:
+        index = _to_gpu(index)
+    sample = np.random.default_rng(seed).choice(len(x), choice.train_size, replace=False)
+    index.train(x[np.sort(sample)])
+    return index
+
+
+def _calibrate_nprobe(index: faiss.Index, x: np.ndarray, choice: IndexChoice, seed: int,
+                      k: int = 20) -> int:
+    """The smallest nprobe on a 1.5× ladder whose recall@k on sampled queries reaches the target.
+
+    Exact search for a few hundred queries costs about as much as one IVF search of N/100.
+    """
+    rng = np.random.default_rng(seed + 1)
+    queries = x[rng.choice(len(x), min(CALIBRATION_QUERIES, len(x)), replace=False)]
+    truth = faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    nprobe = 4
+    while True:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        recall = _recall(index.search(queries, k)[1], truth)
+        if nprobe >= choice.nlist or recall >= TARGET_RECALL:
+            log.info("IVF%d: nprobe %d gives recall@%d %.3f on %d queries",
+                     choice.nlist, nprobe, k, recall, len(queries))
+            return nprobe
+        nprobe = min(choice.nlist, math.ceil(nprobe * 1.5))
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the true neighbours found, row by row (order ignored)."""
+    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth))
+    return hits / truth.size
+
+
+def _drop_self(indices: np.ndarray, similarities: np.ndarray, k: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own id; where self is absent (many duplicates, or a miss of the
+    approximate index), remove the last column instead."""
+    own = indices == np.arange(len(indices))[:, None]
+    own[~own.any(axis=1), -1] = True
+    own &= np.cumsum(own, axis=1) == 1  # only the first match, should faiss repeat an id
+    keep = ~own
+    return (indices[keep].reshape(-1, k).astype(np.int64),
+            similarities[keep].reshape(-1, k).astype(np.float32))
