@@ -49,6 +49,7 @@ class EmbedSummary:
     embedded: int = 0
     already_done: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # until the first vectors came back: Ray, model loading
     indexed: bool = False
 
 
@@ -121,14 +122,14 @@ def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = N
     summary.already_done = len(all_ids) - len(pending)
     if len(pending):
         connect(ray_address)
-        summary.embedded = _stream_vectors(workdir, config, model, pending)
+        _stream_vectors(workdir, config, model, pending, summary, started)
         summary.indexed = ensure_vector_index(workdir, config.index_min_rows)
     summary.seconds = monotonic() - started
     return summary
 
 
 def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
-                    pending: pa.ChunkedArray) -> int:
+                    pending: pa.ChunkedArray, summary: EmbedSummary, started: float) -> None:
     workers = config.concurrency or (1 if config.use_gpu else cluster_cpus())
     # Reads take no CPU slot: with every CPU held by a model replica they would never start.
     dataset = (ray.data.read_lance(workdir.table_uri(SCANS), columns=["image_id", "image"],
@@ -145,12 +146,13 @@ def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
     sink = TableAppender(workdir, EMBEDDINGS, config.commit_rows)
     with progress_bar("embed", total=len(pending), unit="scans") as advance:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            summary.startup_seconds = summary.startup_seconds or monotonic() - started
             sink.add(batch)
             advance(batch.num_rows)
             if sink.full:
                 sink.flush()
         sink.flush()
-    return sink.committed
+    summary.embedded = sink.committed
 
 
 def ensure_vector_index(workdir: Workdir, min_rows: int) -> bool:

@@ -1,0 +1,80 @@
+"""Embedding and SSL-training benchmark: the `fusc embed` pipeline against the bare model.
+
+Prints, in one run on this machine: bare batched forward images/s of the backbone on prepared
+tensors (all cores), the `fusc embed` pipeline's images/s over a `scans` table of the shared real
+images, their ratio, and SSL training images/s (quick profile) with 1 and 2 Ray Train workers.
+
+    .venv/bin/python -m bench.embed [--backbone efficientnet_lite0] [--size 128] [--ssl-epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+
+import torch
+
+from fusc_lib.diagnostics import embed_images
+from fusc_lib.ingest import IngestConfig
+from fusc_lib.models.encoder import pretrained_encoder
+from fusc_lib.preprocess import decode_png, workdir_preprocess
+from fusc_lib.ssl_config import SSLConfig
+from fusc_lib.store import Workdir
+from jobs._ray import connect
+from jobs.embed import PRETRAINED_PREFIX, EmbedConfig, run_embed
+from jobs.ingest import run_ingest
+from jobs.train_ssl import run_train_ssl
+from schemas.tables import SCANS
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SETS = ("african-planes", "fetal-planes-db", "hc18")
+
+
+def bare_forward_rate(backbone: str, size: int, images: list, batch_size: int) -> float:
+    """Images/s of prepare + forward in this process, every core, steady state (one warm-up)."""
+    torch.set_num_threads(os.cpu_count())
+    encoder = pretrained_encoder(backbone, "imagenet", size)
+    embed_images(encoder, images[:batch_size], batch_size)
+    started = time.monotonic()
+    embed_images(encoder, images, batch_size)
+    return len(images) / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--ssl-epochs", type=int, default=2)
+    args = parser.parse_args()
+    connect(None)
+    with tempfile.TemporaryDirectory() as root:
+        store = Workdir(root)
+        run_ingest(store, IngestConfig(paths=[str(DATA / s / "images") for s in SETS]),
+                   workdir_preprocess(store, {"ocr_engine": "none"}))
+        images = [decode_png(b) for b in store.column(SCANS, "image").to_pylist()]
+        print(f"{len(images)} real scans, {args.backbone} at {args.size} px, "
+              f"batch {args.batch_size}, {os.cpu_count()} CPUs")
+        bare = bare_forward_rate(args.backbone, args.size, images, args.batch_size)
+        print(f"bare batched forward      : {bare:7.1f} images/s")
+        config = EmbedConfig(model=PRETRAINED_PREFIX + args.backbone, input_size=args.size,
+                             batch_size=args.batch_size)
+        summary = run_embed(store, config)
+        steady = summary.embedded / (summary.seconds - summary.startup_seconds)
+        print(f"fusc embed pipeline       : {summary.embedded / summary.seconds:7.1f} images/s "
+              f"overall, {steady:7.1f} after start-up; ratio to bare forward {steady / bare:.2f}")
+        for workers in (1, 2):
+            ssl = SSLConfig.from_profile("quick", epochs=args.ssl_epochs, workers=workers,
+                                         run_name=f"bench-{workers}")
+            result = run_train_ssl(store, ssl)
+            print(f"SSL training, {workers} worker(s): {result['images_per_s']} images/s "
+                  f"(epoch {result['epochs']}, quick profile)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The two clustering losses of FUSC, as SCAN defines them (SCANLoss, ConfidenceBasedCE).
+
+Plain torch: lightly 1.6 has no SCAN loss, and these are a few lines each.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8  # SCAN clamps probabilities here before taking logs
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """H(p) = −Σ p log p of one distribution (≥ 0)."""
+    p = probabilities.clamp_min(EPS)
+    return -(p * p.log()).sum()
+
+
+def fusc_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor,
+              entropy_weight: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, consistency, entropy) with total = consistency − λ·entropy, SCAN's convention.
+
+    consistency = −mean log ⟨softmax(anchor), softmax(neighbor)⟩ pulls an image and its mined
+    neighbour into the same cluster; entropy = H(p̄) ≥ 0 of the batch-mean prediction p̄, and
+    subtracting it (λ·Σ p̄ log p̄ in the paper) keeps everything from collapsing into one cluster.
+    """
+    anchor = F.softmax(anchor_logits, dim=1)
+    neighbor = F.softmax(neighbor_logits, dim=1)
+    agreement = (anchor * neighbor).sum(dim=1)
+    consistency = -agreement.clamp_min(EPS).log().mean()
+    spread = entropy(anchor.mean(dim=0))
+    return consistency - entropy_weight * spread, consistency, spread
+
+
+def class_balance_weights(targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse frequency of each class among `targets` (1 for absent classes), so that a large
+    confident cluster does not swallow the small ones during self-labeling."""
+    weights = torch.ones(n_classes, device=targets.device)
+    classes, counts = torch.unique(targets, return_counts=True)
+    weights[classes] = len(targets) / counts.float()
+    return weights
+
+
+def confidence_ce_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
+                       threshold: float = 0.99, balance: bool = True) -> torch.Tensor:
+    """Self-labeling loss: the clusters the weak view predicts with probability ≥ `threshold`
+    become targets for the strong view (cross-entropy, class-balanced within the batch).
+
+    The weak view only names targets, so it carries no gradient. With nothing confident the
+    loss is 0 but still attached to `strong_logits`, so a training step stays valid.
+    """
+    confidence, targets = F.softmax(weak_logits.detach(), dim=1).max(dim=1)
+    confident = confidence >= threshold
+    if not confident.any():
+        return strong_logits.sum() * 0.0
+    targets = targets[confident]
+    weights = class_balance_weights(targets, strong_logits.shape[1]) if balance else None
+    return F.cross_entropy(strong_logits[confident], targets, weight=weights)

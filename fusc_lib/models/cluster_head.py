@@ -1,0 +1,40 @@
+"""SCAN's multi-head clustering model: several linear heads on one shared feature.
+
+Heads start from different random weights and are trained together at the cost of one;
+the one with the lowest loss is kept, which guards against an unlucky start.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class MultiHead(nn.Module):
+    """`n_heads` independent `Linear(dim, n_clusters)` heads; forward returns their logits."""
+
+    def __init__(self, dim: int, n_clusters: int, n_heads: int = 10):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(dim, n_clusters) for _ in range(n_heads))
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        return [head(features) for head in self.heads]
+
+
+def best_head(losses: Sequence[float]) -> int:
+    """Index of the head with the lowest loss (the first, on ties)."""
+    return min(range(len(losses)), key=lambda i: float(losses[i]))
+
+
+class ClusterModel(nn.Module):
+    """A backbone (or `nn.Identity()` on frozen embeddings) followed by the heads."""
+
+    def __init__(self, backbone: nn.Module, multi_head: MultiHead):
+        super().__init__()
+        self.backbone = backbone
+        self.multi_head = multi_head
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.multi_head(self.backbone(images))
