@@ -17,8 +17,8 @@ would repeat across workers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np

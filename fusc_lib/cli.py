@@ -6,7 +6,7 @@ Commands import their job lazily, so `fusc --help` answers at once without loadi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ console = Console(stderr=True)
 WorkdirOption = Annotated[str, typer.Option(
     "--workdir", envvar="FUSC_WORKDIR",
     help="Folder or URI holding the LanceDB tables, models and reports of this archive.")]
-RayAddressOption = Annotated[Optional[str], typer.Option(
+RayAddressOption = Annotated[str | None, typer.Option(
     "--ray-address", envvar="RAY_ADDRESS",
     help="Ray cluster to run on (e.g. ray://head:10001); default: a local Ray for this job.")]
 
@@ -46,19 +46,19 @@ def _fail(message: str) -> None:
 
 @app.command()
 def ingest(
-    paths: Annotated[Optional[list[str]], typer.Argument(
+    paths: Annotated[list[str] | None, typer.Argument(
         help="Folders (searched recursively), globs, files or URIs (s3://...) of scans.")] = None,
-    manifest: Annotated[Optional[str], typer.Option(
+    manifest: Annotated[str | None, typer.Option(
         help="CSV or Parquet with a `path` column and optional site, patient, study.")] = None,
-    ocr_engine: Annotated[Optional[str], typer.Option(
+    ocr_engine: Annotated[str | None, typer.Option(
         help="easyocr | tesseract | none. Fixed per workdir by its first ingest "
              "[default: easyocr].")] = None,
-    image_size: Annotated[Optional[int], typer.Option(
+    image_size: Annotated[int | None, typer.Option(
         help="Side in pixels of the stored square image. Fixed per workdir [default: 256].")] = None,
-    vocabulary: Annotated[Optional[Path], typer.Option(
+    vocabulary: Annotated[Path | None, typer.Option(
         help="View vocabulary YAML (OCR text -> view) instead of the built-in one.",
         exists=True, dir_okay=False)] = None,
-    max_megapixels: Annotated[Optional[float], typer.Option(
+    max_megapixels: Annotated[float | None, typer.Option(
         help="Refuse larger images as possible decompression bombs [default: 100].")] = None,
     keep_ocr_text: Annotated[bool, typer.Option(
         help="Store the raw OCR text. Off by default: burnt-in text can hold patient names.")
@@ -66,7 +66,7 @@ def ingest(
     retry_quarantined: Annotated[bool, typer.Option(
         help="Try files of this input that an earlier run quarantined again.")] = False,
     batch_size: Annotated[int, typer.Option(help="Files per worker call.")] = 8,
-    concurrency: Annotated[Optional[int], typer.Option(
+    concurrency: Annotated[int | None, typer.Option(
         help="Ingest workers [default: one per CPU of the cluster].")] = None,
     commit_rows: Annotated[int, typer.Option(
         help="Rows per LanceDB commit: at most this much work is redone after a kill.")] = 256,
@@ -119,13 +119,13 @@ def _print_ingest_summary(summary, store) -> None:
 
 @app.command()
 def embed(
-    model: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option(
         help="SSL run name under <workdir>/models/ssl/, or pretrained:<timm backbone> for "
              "ImageNet features [default: the newest SSL run].")] = None,
     input_size: Annotated[int, typer.Option(
         help="Input size for pretrained:<backbone> (SSL runs use their own).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    concurrency: Annotated[Optional[int], typer.Option(
+    concurrency: Annotated[int | None, typer.Option(
         help="Model replicas [default: one per CPU, or one per GPU with --use-gpu].")] = None,
     use_gpu: Annotated[bool, typer.Option(help="Run each replica on a GPU.")] = False,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
@@ -156,27 +156,27 @@ def train_ssl(
     profile: Annotated[str, typer.Option(
         help="Defaults to start from: quick (CPU laptop, minutes), paper (ResNet18 SimCLR, GPU), "
              "paper-dino (ViT-S/16 DINO, GPU).")] = "quick",
-    method: Annotated[Optional[str], typer.Option(help="simclr | dino.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Any timm architecture name.")] = None,
-    init: Annotated[Optional[str], typer.Option(
+    method: Annotated[str | None, typer.Option(help="simclr | dino.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Any timm architecture name.")] = None,
+    init: Annotated[str | None, typer.Option(
         help="random | imagenet (local weights, no download) | PATH of a state dict.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Side of the training views.")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option()] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="SimCLR temperature.")] = None,
-    strength: Annotated[Optional[float], typer.Option(
+    image_size: Annotated[int | None, typer.Option(help="Side of the training views.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    temperature: Annotated[float | None, typer.Option(help="SimCLR temperature.")] = None,
+    strength: Annotated[float | None, typer.Option(
         help="Scale of the machine-style augmentations (gain, gamma, speckle, blur, ...).")] = None,
-    dino_local_crops: Annotated[Optional[int], typer.Option(help="DINO local views.")] = None,
-    dino_local_size: Annotated[Optional[int], typer.Option(help="DINO local view side.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Ray Train workers.")] = None,
-    use_gpu: Annotated[Optional[bool], typer.Option(help="One GPU per worker.")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    run_name: Annotated[Optional[str], typer.Option(
+    dino_local_crops: Annotated[int | None, typer.Option(help="DINO local views.")] = None,
+    dino_local_size: Annotated[int | None, typer.Option(help="DINO local view side.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
+    use_gpu: Annotated[bool | None, typer.Option(help="One GPU per worker.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    run_name: Annotated[str | None, typer.Option(
         help="Folder under <workdir>/models/ssl/ [default: <method>-<backbone>].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run from its last epoch.")] = False,
-    labels: Annotated[Optional[list[Path]], typer.Option(
+    labels: Annotated[list[Path] | None, typer.Option(
         help="CSV (file|path, view, site), repeatable, used only to print how well the embedding "
              "separates views and how much hospital style it keeps.",
         exists=True, dir_okay=False)] = None,

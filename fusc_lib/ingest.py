@@ -8,19 +8,24 @@ reason, and the rest of the batch goes on.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
-from fusc_lib.io import BadInput, DecodedScan, content_id, decode, frame_id
-from fusc_lib.preprocess import (PREPROCESS_VERSION, PreparedFrame, PreprocessConfig,
-                                 Preprocessor, encode_png)
-from fusc_lib.privacy import hash_identifier
 from fusc_lib.artifacts import read_bytes
+from fusc_lib.io import BadInput, DecodedScan, content_id, decode, frame_id
+from fusc_lib.preprocess import (
+    PREPROCESS_VERSION,
+    PreparedFrame,
+    PreprocessConfig,
+    Preprocessor,
+    encode_png,
+)
+from fusc_lib.privacy import hash_identifier
 from fusc_lib.sources import Source
 from fusc_lib.store import utc_now
 from schemas.tables import QUARANTINE_SCHEMA, SCANS_SCHEMA

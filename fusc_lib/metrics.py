@@ -6,8 +6,8 @@ Hungarian-matched accuracy beside it (see ../shared/reference/clustering-measure
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment

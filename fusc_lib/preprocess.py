@@ -7,8 +7,9 @@ sent online is prepared as it was offline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
@@ -114,7 +115,7 @@ PREPROCESS_FILE = "preprocess.json"
 _FIXED_PER_WORKDIR = ("image_size", "ocr_engine")  # change these and stored rows disagree
 
 
-def workdir_preprocess(workdir: "Workdir", requested: dict | None = None) -> PreprocessConfig:
+def workdir_preprocess(workdir: Workdir, requested: dict | None = None) -> PreprocessConfig:
     """The workdir's preprocessing, fixed by its first ingest; later runs may not change pixels.
 
     `requested` holds options the user gave explicitly (None values are ignored). On a new workdir

@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from collections.abc import Iterable
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import lancedb
 import pyarrow as pa
@@ -22,7 +22,7 @@ DEFAULT_WORKDIR = "./fusc-work"
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Workdir:

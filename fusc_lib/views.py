@@ -7,11 +7,11 @@ names its own way; a data team extends the file instead of patching the matcher.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 
@@ -87,7 +87,7 @@ class ViewVocabulary:
         self._aliases = self._build_aliases(spec)
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "ViewVocabulary":
+    def load(cls, path: str | Path | None = None) -> ViewVocabulary:
         """Read a vocabulary file; the packaged default when `path` is None."""
         if path is None:
             text = resources.files("fusc_lib.vocab").joinpath("views.yaml").read_text()

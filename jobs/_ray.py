@@ -20,7 +20,7 @@ def connect(address: str | None) -> None:
         local = {} if address else {"include_dashboard": False}
         with warnings.catch_warnings():  # Ray's processes are spawned, not forks of this one
             warnings.filterwarnings("ignore", message=".*fork")
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, **local)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

@@ -25,8 +25,15 @@ from fusc_lib.models import create_backbone, create_method, create_views
 from fusc_lib.models.backbones import ENCODER_INFO
 from fusc_lib.models.encoder import WEIGHTS, save_encoder
 from fusc_lib.ssl_config import SSLConfig
-from fusc_lib.ssl_training import (Schedule, TrainingState, loss_csv, make_optimizer,
-                                   parse_loss_csv, train_one_epoch, view_columns)
+from fusc_lib.ssl_training import (
+    Schedule,
+    TrainingState,
+    loss_csv,
+    make_optimizer,
+    parse_loss_csv,
+    train_one_epoch,
+    view_columns,
+)
 from fusc_lib.store import Workdir
 from jobs._ray import cluster_cpus, connect
 from schemas.tables import SCANS

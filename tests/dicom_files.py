@@ -7,8 +7,12 @@ import io
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (ExplicitVRLittleEndian, UltrasoundImageStorage,
-                         UltrasoundMultiFrameImageStorage, generate_uid)
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+    generate_uid,
+)
 
 
 def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", syntax=ExplicitVRLittleEndian,

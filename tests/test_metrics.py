@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusc_lib.metrics import embedding_report, hungarian_accuracy, knn_accuracy, purity, score_clusters
+from fusc_lib.metrics import (
+    embedding_report,
+    hungarian_accuracy,
+    knn_accuracy,
+    purity,
+    score_clusters,
+)
 
 LABELS = ["a", "a", "a", "b", "b", "c"]
 

@@ -17,8 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from fusc_lib.augment import (MIN_FAN_SHARE, DinoViews, EvalTransform, SimCLRViews, fan_area,
-                              fan_share, sample_fan_crop)
+from fusc_lib.augment import (
+    MIN_FAN_SHARE,
+    DinoViews,
+    EvalTransform,
+    SimCLRViews,
+    fan_area,
+    fan_share,
+    sample_fan_crop,
+)
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.models import create_backbone
 from fusc_lib.models.backbones import IMAGENET_WEIGHTS, load_by_order

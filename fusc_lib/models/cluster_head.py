@@ -6,7 +6,7 @@ the one with the lowest loss is kept, which guards against an unlucky start.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
