@@ -15,6 +15,7 @@ import argparse
 import logging
 import threading
 import time
+from typing import Self
 
 import faiss
 import numpy as np
@@ -39,7 +40,7 @@ class PeakRss:
             self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
             time.sleep(self._every)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -1,0 +1,282 @@
+"""Stages 2 and 3 of FUSC on frozen embeddings: the clustering heads, then self-labeling.
+
+Each stage reads as one story: `train_cluster_heads` (neighbours → multi-head → keep the
+lowest-loss head) and `self_label` (confident samples → cross-entropy on perturbed features →
+keep the result only if its own unsupervised checks did not get worse). No Ray here; the
+jobs wrap these. With frozen features the "strong augmentation" of SCAN is feature noise and
+dropout; image augmentation comes with the full network.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fusc_lib.losses import class_balance_weights, entropy, fusc_loss
+from fusc_lib.models.cluster_head import MultiHead, best_head
+
+# A linear head on frozen features tolerates a far larger step than SCAN's 1e-4 for a whole
+# network: on 300–20,000 vectors lr 1e-2 reaches its final loss within ~50 epochs (seconds on
+# 300 vectors), where 1e-4 is still far from it after 200.
+DEFAULT_LR = 1e-2
+DEFAULT_EPOCHS = 100
+EVAL_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class HeadLoss:
+    """FUSC loss of one head over the whole data set and all k neighbours."""
+
+    total: float
+    consistency: float
+    entropy: float
+
+
+@dataclass
+class ClusterResult:
+    """The kept head (weights), its probabilities on the training vectors, and how every head
+    scored; `state_dict()` + `metadata()` (JSON) round-trip through `from_state`."""
+
+    weight: torch.Tensor  # (C, D)
+    bias: torch.Tensor  # (C,)
+    probabilities: torch.Tensor  # (N, C)
+    head_index: int
+    head_losses: list[HeadLoss]
+    config: dict = field(default_factory=dict)
+
+    @property
+    def n_clusters(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def assignments(self) -> np.ndarray:
+        return self.probabilities.argmax(dim=1).numpy()
+
+    def predict(self, vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Cluster probabilities (N, C) of new vectors under the kept head."""
+        with torch.no_grad():
+            return F.softmax(F.linear(_tensor(vectors), self.weight, self.bias), dim=1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight, "bias": self.bias, "probabilities": self.probabilities}
+
+    def metadata(self) -> dict:
+        return {"head_index": self.head_index, "n_clusters": self.n_clusters,
+                "head_losses": [asdict(loss) for loss in self.head_losses],
+                "config": self.config}
+
+    def to_json(self) -> str:
+        return json.dumps(self.metadata(), indent=2)
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], metadata: dict | str) -> ClusterResult:
+        meta = json.loads(metadata) if isinstance(metadata, str) else metadata
+        return cls(weight=state["weight"], bias=state["bias"],
+                   probabilities=state["probabilities"], head_index=meta["head_index"],
+                   head_losses=[HeadLoss(**loss) for loss in meta["head_losses"]],
+                   config=meta.get("config", {}))
+
+
+# ---------------------------------------------------------------- stage 2: clustering heads
+
+def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clusters: int, *,
+                        n_heads: int = 10, entropy_weight: float = 5.0,
+                        epochs: int = DEFAULT_EPOCHS, batch_size: int = 128,
+                        lr: float = DEFAULT_LR, weight_decay: float = 1e-4,
+                        seed: int = 0) -> ClusterResult:
+    """Train `n_heads` linear heads with Adam on the FUSC loss and keep the lowest-loss one.
+
+    Every epoch pairs each anchor with one of its k neighbours drawn at random (SCAN's
+    neighbour dataset), so over the epochs every neighbour pulls on it.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x, neighbors = _tensor(vectors), torch.as_tensor(neighbor_indices, dtype=torch.long)
+    model = MultiHead(x.shape[1], n_clusters, n_heads)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        _train_epoch(model, optimizer, x, neighbors, batch_size, entropy_weight, generator)
+    losses = [head_loss(F.softmax(logits, dim=1), neighbors, entropy_weight)
+              for logits in _eval(model, x)]
+    kept = best_head([loss.total for loss in losses])
+    head = model.heads[kept]
+    config = {"n_heads": n_heads, "entropy_weight": entropy_weight, "epochs": epochs,
+              "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+              "k": neighbors.shape[1]}
+    return ClusterResult(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
+                         probabilities=F.softmax(_eval(model, x)[kept], dim=1), head_index=kept,
+                         head_losses=losses, config=config)
+
+
+def _train_epoch(model: MultiHead, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                 neighbors: torch.Tensor, batch_size: int, entropy_weight: float,
+                 generator: torch.Generator) -> None:
+    """One pass; heads are summed into one loss, as in SCAN. Full batches only (the entropy of
+    a batch mean over a handful of samples is noise), unless the data is smaller than one."""
+    n, k = neighbors.shape
+    partner = neighbors[torch.arange(n), torch.randint(k, (n,), generator=generator)]
+    for batch in _batches(torch.randperm(n, generator=generator), batch_size):
+        anchor_logits, neighbor_logits = model(x[batch]), model(x[partner[batch]])
+        loss = sum(fusc_loss(a, b, entropy_weight)[0]
+                   for a, b in zip(anchor_logits, neighbor_logits))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    full = max(1, len(order) // batch_size)
+    return list(order[:full * batch_size].chunk(full)) if len(order) >= batch_size else [order]
+
+
+def head_loss(probabilities: torch.Tensor, neighbors: torch.Tensor,
+              entropy_weight: float) -> HeadLoss:
+    """FUSC loss of a whole clustering: every anchor with all its k neighbours, entropy of the
+    data-set mean (what SCAN uses to pick the head), in chunks to bound memory."""
+    agreement = torch.cat([
+        (probabilities[start:start + EVAL_CHUNK, None, :]
+         * probabilities[neighbors[start:start + EVAL_CHUNK]]).sum(dim=2).flatten()
+        for start in range(0, len(probabilities), EVAL_CHUNK)])
+    consistency = float(-agreement.clamp_min(1e-8).log().mean())
+    spread = float(entropy(probabilities.mean(dim=0)))
+    return HeadLoss(consistency - entropy_weight * spread, consistency, spread)
+
+
+def _eval(model: MultiHead, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return model(x)
+
+
+def _tensor(vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+
+
+# ---------------------------------------------------------------- stage 3: self-labeling
+
+@dataclass(frozen=True)
+class ClusterHealth:
+    """What self-labeling may judge itself by without labels."""
+
+    loss: float  # FUSC total over all neighbours
+    filled_clusters: int
+    min_cluster_share: float  # over all C clusters, so an emptied one shows as 0
+    confident_share: float  # share of samples with top probability ≥ threshold
+
+
+@dataclass
+class SelfLabelOutcome:
+    """`result` is the self-labeled head when `accepted`, else the input result itself."""
+
+    result: ClusterResult
+    accepted: bool
+    reasons: list[str]  # why it was rejected; empty when accepted
+    before: ClusterHealth
+    after: ClusterHealth
+    label_stability: float  # share of the first confident set that kept its cluster
+
+
+def self_label(vectors: np.ndarray, start: ClusterResult, neighbor_indices: np.ndarray, *,
+               threshold: float = 0.99, epochs: int = 50, batch_size: int = 256,
+               lr: float = 1e-3, weight_decay: float = 1e-4, noise: float = 0.3,
+               dropout: float = 0.1, min_per_cluster: int = 5, loss_tolerance: float = 0.05,
+               min_stability: float = 0.9, seed: int = 0) -> SelfLabelOutcome:
+    """Fine-tune the kept head with cross-entropy towards its own confident predictions.
+
+    The confident set is recomputed every epoch, so it grows as the head sharpens. A cluster
+    with samples but none confident lends its `min_per_cluster` most probable members as
+    targets, so it is not emptied just for being unsure. The result is kept only if the
+    FUSC loss, the smallest cluster, the confident set and the first confident labels did
+    not get worse.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x, neighbors = _tensor(vectors), torch.as_tensor(neighbor_indices, dtype=torch.long)
+    head = torch.nn.Linear(x.shape[1], start.n_clusters)
+    head.load_state_dict({"weight": start.weight.clone(), "bias": start.bias.clone()})
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    first_labels, first = _targets(start.probabilities, threshold, min_per_cluster)
+    for _ in range(epochs):
+        with torch.no_grad():
+            labels, labelled = _targets(F.softmax(head(x), dim=1), threshold, min_per_cluster)
+        weights = class_balance_weights(labels[labelled], start.n_clusters)
+        order = labelled.nonzero().flatten()
+        for batch in _batches(order[torch.randperm(len(order), generator=generator)],
+                              batch_size):
+            strong = _perturb(x[batch], noise, dropout, generator)
+            loss = F.cross_entropy(head(strong), labels[batch], weight=weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    entropy_weight = start.config.get("entropy_weight", 5.0)
+    with torch.no_grad():
+        probabilities = F.softmax(head(x), dim=1)
+    result = ClusterResult(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
+                           probabilities=probabilities, head_index=start.head_index,
+                           head_losses=[head_loss(probabilities, neighbors, entropy_weight)],
+                           config={**start.config, "self_label": {
+                               "threshold": threshold, "epochs": epochs, "lr": lr,
+                               "noise": noise, "dropout": dropout, "seed": seed}})
+    before = health(start.probabilities, neighbors, entropy_weight, threshold)
+    after = health(probabilities, neighbors, entropy_weight, threshold)
+    kept = (probabilities[first].argmax(dim=1) == first_labels[first]).float().mean()
+    stability = float(kept) if first.any() else 1.0
+    reasons = _worse(before, after, stability, loss_tolerance, min_stability)
+    return SelfLabelOutcome(result=start if reasons else result, accepted=not reasons,
+                            reasons=reasons, before=before, after=after,
+                            label_stability=stability)
+
+
+def _targets(probabilities: torch.Tensor, threshold: float, min_per_cluster: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster of every sample, which samples are labelled): the confident ones, plus, for
+    each filled cluster without a confident member, its most probable members."""
+    confidence, labels = probabilities.max(dim=1)
+    labelled = confidence >= threshold
+    for cluster in labels.unique():
+        members = (labels == cluster).nonzero().flatten()
+        if not labelled[members].any():
+            top = probabilities[members, cluster].topk(min(min_per_cluster, len(members))).indices
+            labelled[members[top]] = True
+    return labels, labelled
+
+
+def _perturb(x: torch.Tensor, noise: float, dropout: float,
+             generator: torch.Generator) -> torch.Tensor:
+    """Feature-space stand-in for strong augmentation: dropout, then Gaussian noise of norm
+    ≈ `noise` (inputs are unit vectors), then back onto the unit sphere."""
+    keep = (torch.rand(x.shape, generator=generator) >= dropout).float() / (1 - dropout)
+    jitter = torch.randn(x.shape, generator=generator) * noise / x.shape[1] ** 0.5
+    return F.normalize(x * keep + jitter, dim=1)
+
+
+def health(probabilities: torch.Tensor, neighbors: torch.Tensor, entropy_weight: float,
+           threshold: float) -> ClusterHealth:
+    counts = torch.bincount(probabilities.argmax(dim=1), minlength=probabilities.shape[1])
+    return ClusterHealth(
+        loss=head_loss(probabilities, neighbors, entropy_weight).total,
+        filled_clusters=int((counts > 0).sum()),
+        min_cluster_share=float(counts.min() / counts.sum()),
+        confident_share=float((probabilities.max(dim=1).values >= threshold).float().mean()))
+
+
+def _worse(before: ClusterHealth, after: ClusterHealth, stability: float,
+           loss_tolerance: float, min_stability: float) -> list[str]:
+    """Reasons to keep the input: each one a label-free sign that self-labeling hurt."""
+    reasons = []
+    if after.loss > before.loss + loss_tolerance:
+        reasons.append(f"FUSC loss rose from {before.loss:.3f} to {after.loss:.3f}")
+    if after.filled_clusters < before.filled_clusters:
+        reasons.append(f"clusters emptied: {before.filled_clusters} → {after.filled_clusters}")
+    if after.min_cluster_share < before.min_cluster_share / 2:
+        reasons.append(f"smallest cluster shrank from {before.min_cluster_share:.3f} "
+                       f"to {after.min_cluster_share:.3f}")
+    if after.confident_share < before.confident_share / 2:
+        reasons.append(f"confident set shrank from {before.confident_share:.1%} "
+                       f"to {after.confident_share:.1%}")
+    if stability < min_stability:
+        reasons.append(f"only {stability:.0%} of the first confident samples kept their cluster")
+    return reasons

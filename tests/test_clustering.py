@@ -1,0 +1,85 @@
+"""Clustering heads and self-labeling on frozen synthetic embeddings with known groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fusc_lib.clustering import ClusterResult, self_label, train_cluster_heads
+from fusc_lib.metrics import hungarian_accuracy
+from fusc_lib.models.cluster_head import MultiHead, best_head
+from fusc_lib.neighbors import mine_neighbors
+
+
+def blobs(n: int = 400, groups: int = 4, dim: int = 64, spread: float = 1.0, seed: int = 0
+          ) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, groups, n)
+    x = rng.standard_normal((groups, dim))[labels] + spread * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def four_blobs():
+    x, labels = blobs()
+    neighbors, _ = mine_neighbors(x, 20)
+    return x, labels, neighbors, train_cluster_heads(x, neighbors, 4, seed=0)
+
+
+def test_multi_head_gives_one_logit_matrix_per_head_and_best_is_lowest():
+    out = MultiHead(8, 3, n_heads=5)(torch.randn(2, 8))
+    assert len(out) == 5 and all(o.shape == (2, 3) for o in out)
+    assert best_head([0.3, -1.2, 0.0, -1.2]) == 1
+
+
+def test_heads_recover_well_separated_blobs(four_blobs):
+    x, labels, _, result = four_blobs
+    assert hungarian_accuracy(labels, result.assignments) >= 0.95
+    totals = [loss.total for loss in result.head_losses]
+    assert len(totals) == 10 and result.head_index == int(np.argmin(totals))
+    assert torch.allclose(result.predict(x), result.probabilities, atol=1e-6)
+
+
+def test_result_round_trips_through_state_dict_and_json(four_blobs):
+    result = four_blobs[3]
+    again = ClusterResult.from_state(result.state_dict(), result.to_json())
+    assert again.head_index == result.head_index and again.head_losses == result.head_losses
+    assert torch.equal(again.weight, result.weight)
+    assert (again.assignments == result.assignments).all()
+
+
+def test_over_clustering_runs():
+    x, _ = blobs(n=300)
+    neighbors, _ = mine_neighbors(x, 10)
+    result = train_cluster_heads(x, neighbors, 20, n_heads=3, epochs=30)
+    assert result.probabilities.shape == (300, 20)
+    assert len(np.unique(result.assignments)) > 4
+
+
+def test_self_label_keeps_or_improves_good_clusters(four_blobs):
+    x, labels, neighbors, result = four_blobs
+    outcome = self_label(x, result, neighbors, epochs=10)
+    assert hungarian_accuracy(labels, outcome.result.assignments) >= 0.95
+    assert outcome.after.filled_clusters == 4
+
+
+def test_self_label_guard_keeps_the_input_when_the_result_is_worse(four_blobs):
+    x, _, neighbors, result = four_blobs
+    # noise 20× the vectors' norm: the head learns the targets' prior, not the features
+    outcome = self_label(x, result, neighbors, epochs=20, noise=20.0, lr=0.05)
+    assert not outcome.accepted
+    assert any("confident set shrank" in reason for reason in outcome.reasons)
+    assert outcome.result is result
+
+
+def test_a_cluster_without_confident_samples_is_not_emptied(four_blobs):
+    x, _, neighbors, result = four_blobs
+    unsure = ClusterResult.from_state(result.state_dict(), result.metadata())
+    cluster = int(unsure.assignments[0])
+    unsure.weight = unsure.weight.clone()
+    unsure.weight[cluster] *= 0.3  # that cluster's members are now far below 0.99
+    unsure.probabilities = unsure.predict(x)
+    assert (unsure.probabilities[unsure.assignments == cluster].max(1).values < 0.99).all()
+    outcome = self_label(x, unsure, neighbors, epochs=10)
+    assert (outcome.result.assignments == cluster).sum() > 0
