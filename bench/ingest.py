@@ -13,16 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import psutil
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from bench.memory import PeakRss
 from bench.ocr_accuracy import rendered_view_name_cases, view_name_accuracy
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.io import decode
@@ -34,37 +33,6 @@ from jobs.ingest import run_ingest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = ("african-planes", "fetal-planes-db", "hc18")
-
-
-class PeakMemory:
-    """Samples the summed RSS of this process and every Ray process, keeps the peak."""
-
-    def __init__(self, every_s: float = 0.2):
-        self.peak_bytes = 0
-        self._every = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        total = 0
-        for process in psutil.process_iter(["pid", "name", "cmdline", "memory_info"]):
-            cmdline = " ".join(process.info["cmdline"] or [])
-            if process.info["pid"] == os.getpid() or "ray" in cmdline:
-                total += process.info["memory_info"].rss if process.info["memory_info"] else 0
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._rss())
-            time.sleep(self._every)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def make_archive(folder: Path, copies: int) -> list[Path]:
@@ -117,7 +85,7 @@ def main() -> None:
               f"{args.workers} workers, {os.cpu_count()} CPUs")
         decode_rate = decode_only_rate(files, args.workers)
         print(f"decode only (1 core x {args.workers})   : {decode_rate:7.1f} images/s")
-        with PeakMemory() as memory:
+        with PeakRss(include_ray=True) as memory:
             for engine in ("none", "easyocr"):
                 rate, startup, count = full_ingest_rate(Path(folder), args.workers, engine)
                 print(f"full ingest, OCR {engine:8}: {rate:7.1f} images/s over {count} files "

@@ -13,40 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
 import time
-from typing import Self
 
 import faiss
 import numpy as np
-import psutil
 
+from bench.memory import PeakRss
 from fusc_lib.neighbors import choose_index, mine_neighbors
-
-
-class PeakRss:
-    """Samples this process's RSS on a thread and keeps the peak (numpy and faiss allocate
-    outside Python, so tracemalloc would not see them)."""
-
-    def __init__(self, every_s: float = 0.1):
-        self.peak_bytes = 0
-        self._every = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._process = psutil.Process()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-            time.sleep(self._every)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def clustered_vectors(n: int, dim: int, centres: int = 1000, seed: int = 0,

@@ -1,0 +1,45 @@
+"""Peak memory of a benchmark, sampled on a thread (numpy, faiss and Ray workers allocate outside
+Python, so tracemalloc would not see them)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Self
+
+import psutil
+
+
+class PeakRss:
+    """Keeps the peak summed RSS of this process and, with `include_ray`, every Ray process."""
+
+    def __init__(self, include_ray: bool = False, every_s: float = 0.2):
+        self.peak_bytes = 0
+        self._include_ray = include_ray
+        self._every = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        if not self._include_ray:
+            return psutil.Process().memory_info().rss
+        total = 0
+        for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if (process.info["pid"] == os.getpid() or "ray" in cmdline) and process.info["memory_info"]:
+                total += process.info["memory_info"].rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._rss())
+            time.sleep(self._every)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
