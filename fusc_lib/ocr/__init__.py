@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fusc_lib.ocr.proposals import pad_box, propose, to_gray
+from fusc_lib.ocr.proposals import pad_box, propose, uncoloured_gray
 
 Box = tuple[int, int, int, int]
 CROP_PAD = 0.1    # recognisers read best with a slim margin (x word height)
@@ -101,7 +101,7 @@ def read_words(images: Sequence[np.ndarray], recognise: Recognise,
     One `recognise` call for the whole batch lets an engine batch crops across images. Words
     under `min_confidence` are dropped before joining: they are tissue, not text.
     """
-    grays = [to_gray(image) for image in images]
+    grays = [uncoloured_gray(image) for image in images]
     boxes = [propose(gray) for gray in grays]
     crops = [_crop(gray, box, CROP_PAD) for gray, bs in zip(grays, boxes) for box in bs]
     results = iter(recognise(crops))

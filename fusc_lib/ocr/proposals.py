@@ -39,7 +39,7 @@ class ProposalParams:
 DEFAULT_PARAMS = ProposalParams()
 
 
-def to_gray(image: np.ndarray, max_saturation: int = DEFAULT_PARAMS.max_saturation) -> np.ndarray:
+def uncoloured_gray(image: np.ndarray, max_saturation: int = DEFAULT_PARAMS.max_saturation) -> np.ndarray:
     """Grayscale view of an image in which coloured (caliper, Doppler, annotation) pixels are 0.
 
     Burnt-in text is white or grey; coloured marks are dropped here so they never become boxes.
@@ -130,7 +130,7 @@ def pad_box(box: Box, shape: tuple[int, ...], pad: float) -> Box:
 
 def propose(image: np.ndarray, params: ProposalParams = DEFAULT_PARAMS) -> list[Box]:
     """Tight candidate word boxes (glyph extent) of a grayscale or RGB uint8 image, in reading order."""
-    gray = to_gray(image, params.max_saturation)
+    gray = uncoloured_gray(image, params.max_saturation)
     glyphs = _glyphs(stroke_mask(gray, params), params)
     if len(glyphs) == 0:
         return []
