@@ -220,3 +220,204 @@ def _print_representation_report(store, labels: list[Path], run_dir: str) -> Non
         table.add_row(variant, str(scores["scans"]), f"{scores['knn_accuracy_view']:.3f}",
                       f"{scores['kmeans_nmi_view']:.3f}", f"{scores['kmeans_nmi_site']:.3f}")
     Console().print(table)
+
+
+EmbeddingOption = Annotated[str | None, typer.Option(
+    "--embedding", help="embeddings.model_run to use, as `fusc embed` printed it "
+                        "[default: the newest SSL run].")]
+ModelVersionOption = Annotated[str | None, typer.Option(
+    "--model", help="Cluster model version under <workdir>/models/cluster/ "
+                    "[default: the current one].")]
+
+
+def _embedding(store, embedding: str | None) -> str:
+    from jobs.embed import resolve_model
+
+    return embedding or resolve_model(store, None)
+
+
+@app.command()
+def sites(
+    seed: Annotated[int, typer.Option(help="Seed of the style grouping.")] = 0,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Give every scan a site: the manifest's or DICOM's where named, else an inferred style
+    group (frame size, fan geometry, grey levels, speckle), so clustering can remove it."""
+    from fusc_lib.store import Workdir
+    from jobs.sites import run_sites
+
+    summary = run_sites(Workdir(workdir), ray_address, seed)
+    console.print(f"{summary.scans} scans: {summary.given} with a named site, "
+                  f"{summary.inferred_groups} style groups inferred; sizes {summary.sizes} "
+                  f"({summary.seconds:.1f} s)")
+
+
+@app.command()
+def neighbors(
+    k: Annotated[int, typer.Option(help="Neighbours per scan.")] = 20,
+    embedding: EmbeddingOption = None,
+    use_gpu: Annotated[bool | None, typer.Option(
+        help="faiss on GPU [default: when this faiss has one].")] = None,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+) -> None:
+    """Mine the k nearest neighbours of every scan (faiss) in the site-centred embedding."""
+    from fusc_lib.store import Workdir
+    from jobs.neighbors import run_neighbors
+
+    store = Workdir(workdir)
+    try:
+        summary = run_neighbors(store, _embedding(store, embedding), k, use_gpu)
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"{summary.embedding}: {summary.scans} scans × {summary.k} neighbours, "
+                  f"{summary.index}, mean similarity {summary.mean_similarity:.3f} "
+                  f"({summary.seconds:.1f} s)")
+
+
+@app.command()
+def cluster(
+    clusters: Annotated[int, typer.Option(help="Number of clusters (may far exceed the views).")],
+    embedding: EmbeddingOption = None,
+    heads: Annotated[int, typer.Option(help="Heads trained together.")] = 10,
+    entropy_weight: Annotated[float, typer.Option(help="λ of the entropy term.")] = 5.0,
+    epochs: Annotated[int, typer.Option()] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+) -> None:
+    """Train the FUSC heads on the frozen, site-centred embeddings; keep the lowest-loss head
+    as the current cluster model."""
+    from fusc_lib.store import Workdir
+    from jobs.cluster import ClusterConfig, run_cluster
+
+    store = Workdir(workdir)
+    try:
+        config = ClusterConfig(embedding=_embedding(store, embedding), clusters=clusters,
+                               heads=heads, entropy_weight=entropy_weight, epochs=epochs,
+                               seed=seed)
+        summary = run_cluster(store, config)
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"model {summary.version}: head {summary.head_index} kept (loss "
+                  f"{summary.loss:.3f}); cluster sizes {summary.sizes} ({summary.seconds:.1f} s)")
+
+
+@app.command("self-label")
+def self_label(
+    threshold: Annotated[float, typer.Option(help="Confidence that makes a sample a target.")
+                         ] = 0.99,
+    epochs: Annotated[int, typer.Option()] = 50,
+    model: ModelVersionOption = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+) -> None:
+    """Fine-tune the cluster head on its own confident predictions (class-balanced), keeping
+    the input model when the result's own checks say it got worse."""
+    from fusc_lib.store import Workdir
+    from jobs.self_label import SelfLabelConfig, run_self_label
+
+    try:
+        summary = run_self_label(Workdir(workdir), SelfLabelConfig(
+            model=model, threshold=threshold, epochs=epochs, seed=seed))
+    except ValueError as error:
+        _fail(str(error))
+    verdict = "accepted" if summary.accepted else "rejected (" + "; ".join(summary.reasons) + ")"
+    console.print(f"self-label {verdict}; current model {summary.version}; confident "
+                  f"{summary.confident_before:.1%} → {summary.confident_after:.1%}; sizes "
+                  f"{summary.sizes} ({summary.seconds:.1f} s)")
+
+
+@app.command()
+def assign(
+    model: ModelVersionOption = None,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Write the cluster of every embedded scan into `assignments` (only scans not yet
+    assigned by this model version)."""
+    from fusc_lib.store import Workdir
+    from jobs.assign import run_assign
+
+    try:
+        summary = run_assign(Workdir(workdir), model, ray_address)
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"model {summary.version}: {summary.assigned} assigned, "
+                  f"{summary.already_done} already; cluster sizes {summary.sizes}")
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option(help="File to write.")],
+    file_format: Annotated[str | None, typer.Option(
+        "--format", help="csv | parquet [default: from the output's suffix].")] = None,
+    model: ModelVersionOption = None,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+) -> None:
+    """Write source_uri, frame, image_id, cluster_id, cluster_name, confidence, site and
+    pseudo_view of every assigned scan."""
+    from fusc_lib.store import Workdir
+    from jobs.export import export_table, write_export
+
+    try:
+        path = write_export(export_table(Workdir(workdir), model), output, file_format)
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def run(
+    paths: Annotated[list[str] | None, typer.Argument(
+        help="Folders, globs, files or URIs of scans (as for `fusc ingest`).")] = None,
+    clusters: Annotated[int, typer.Option(help="Number of clusters.")] = 10,
+    profile: Annotated[str, typer.Option(
+        help="SSL profile: quick (CPU, minutes) | paper | paper-dino (GPU).")] = "quick",
+    manifest: Annotated[str | None, typer.Option(
+        help="CSV or Parquet with a `path` column and optional site, patient, study.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Skip SSL and embed with this model: pretrained:<backbone> or an SSL run.")] = None,
+    ssl_epochs: Annotated[int | None, typer.Option(help="Override the profile's epochs.")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        help="Override the profile's SSL image size.")] = None,
+    views: Annotated[int, typer.Option(help="Augmented views averaged per scan.")] = 10,
+    k: Annotated[int, typer.Option(help="Neighbours per scan.")] = 20,
+    cluster_epochs: Annotated[int, typer.Option(help="Epochs of the cluster heads.")] = 100,
+    self_label: Annotated[bool, typer.Option(help="Run the self-labeling stage.")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Every stage, in order, into one workdir: ingest → train-ssl → embed → sites →
+    neighbors → cluster → self-label → assign → export.
+
+    A stage whose inputs did not change is skipped, so running the same command again after
+    an interruption continues where it stopped. Prints where the results are.
+    """
+    from fusc_lib.ssl_config import SSLConfig
+    from fusc_lib.store import Workdir
+    from jobs.run import RunConfig, run_all
+
+    store = Workdir(workdir)
+    try:
+        ssl = SSLConfig.from_profile(profile, epochs=ssl_epochs, image_size=image_size, seed=seed)
+        config = RunConfig(paths=paths or [], manifest=manifest, clusters=clusters, ssl=ssl,
+                           model=model, views=views, k=k, cluster_epochs=cluster_epochs,
+                           self_label=self_label, seed=seed)
+        summary = run_all(store, config, ray_address, echo=_print_stage)
+    except ValueError as error:
+        _fail(str(error))
+    table = Table(title=f"clusters of model {summary.version}")
+    table.add_column("cluster")
+    table.add_column("scans")
+    for cluster_id, size in enumerate(summary.sizes):
+        table.add_row(str(cluster_id), str(size))
+    Console().print(table)
+    console.print(f"assignments: {summary.export}\ntables: {store.lancedb_uri}")
+
+
+def _print_stage(report) -> None:
+    if report.skipped:
+        console.print(f"[dim]{report.stage}: skipped ({report.detail})[/dim]")
+    else:
+        console.print(f"[green]{report.stage}[/green] ({report.seconds:.1f} s): {report.detail}")

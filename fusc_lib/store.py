@@ -74,6 +74,11 @@ class Workdir:
             table = self.table(name, rows.schema)
             table.add(rows.select(table.schema.names).cast(table.schema))
 
+    def overwrite(self, name: str, rows: pa.Table) -> None:
+        """Replace a table's content in one commit (stages that rewrite their whole output)."""
+        schema = SCHEMAS[name]
+        self.db.create_table(name, rows.select(schema.names).cast(schema), mode="overwrite")
+
     def delete_where(self, name: str, column: str, values: list[str]) -> None:
         """Delete the rows whose `column` is one of `values` (in chunks: SQL IN lists stay short)."""
         for start in range(0, len(values), 1000):
@@ -83,6 +88,9 @@ class Workdir:
 
     def ssl_run_dir(self, run: str) -> str:
         return self.path("models", "ssl", run)
+
+    def cluster_model_dir(self, version: str) -> str:
+        return self.path("models", "cluster", version)
 
     def ssl_runs(self, marker: str = "encoder.json") -> list[str]:
         """Names of the SSL runs holding `marker` (what a finished run exports), oldest first."""

@@ -27,6 +27,17 @@ from jobs._ray import cluster_cpus, connect
 from schemas.tables import EMBEDDINGS, SCANS, embeddings_schema
 
 PRETRAINED_PREFIX = "pretrained:"  # --model pretrained:<timm name> embeds with ImageNet weights
+VIEWS_MARK = "~views"  # model_run of view-averaged vectors: <model>~views<n>
+
+
+def embedding_key(model: str, views: int) -> str:
+    """The `model_run` value of the vectors of `model` averaged over `views` views."""
+    return model if views == 1 else f"{model}{VIEWS_MARK}{views}"
+
+
+def parse_embedding_key(key: str) -> tuple[str, int]:
+    model, _, views = key.partition(VIEWS_MARK)
+    return model, int(views or 1)
 
 
 class EmbedConfig(BaseModel):
@@ -35,7 +46,9 @@ class EmbedConfig(BaseModel):
     model: str | None = Field(None, description="SSL run name, or pretrained:<backbone>; "
                                                 "None: the newest SSL run of the workdir.")
     input_size: int = Field(128, ge=16, description="Input size for pretrained:<backbone> models.")
-    batch_size: int = Field(64, ge=1, description="Images per forward pass.")
+    views: int = Field(1, ge=1, le=64, description="Views averaged per scan: 1 is the plain "
+                                                  "eval view; more add seeded augmented views.")
+    batch_size: int = Field(64, ge=1, description="Scans per forward pass.")
     concurrency: int | None = Field(None, ge=1, description="Model replicas; None: one per CPU "
                                                             "(or per GPU with use_gpu).")
     use_gpu: bool = Field(False, description="One GPU per replica.")
@@ -45,7 +58,7 @@ class EmbedConfig(BaseModel):
 
 @dataclass
 class EmbedSummary:
-    model_run: str
+    model_run: str  # the embedding key: model, with ~views<n> when averaged
     embedded: int = 0
     already_done: int = 0
     seconds: float = 0.0
@@ -73,23 +86,24 @@ def build_encoder(workdir_root: str, model: str, input_size: int, device: str) -
 class _EmbedActor:
     """Ray Data actor: the model is loaded once, then each call embeds the pending scans of a batch."""
 
-    def __init__(self, workdir_root: str, model: str, input_size: int, use_gpu: bool,
-                 pending_ref: ray.ObjectRef):
+    def __init__(self, workdir_root: str, model: str, views: int, input_size: int,
+                 use_gpu: bool, pending_ref: ray.ObjectRef):
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.encoder = build_encoder(workdir_root, model, input_size, self.device).to(self.device)
         self.encoder.eval()
-        self.model = model
+        self.views = views
+        self.key = embedding_key(model, views)
         self.pending = ray.get(pending_ref)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=self.pending))
         if not batch.num_rows:
-            return embedding_rows(batch.column("image_id"), self.model,
+            return embedding_rows(batch.column("image_id"), self.key,
                                   np.zeros((0, self.encoder.dim), np.float32))
         images = [decode_png(data) for data in batch.column("image").to_pylist()]
-        with torch.inference_mode():
-            vectors = self.encoder(self.encoder.prepare(images).to(self.device)).float().cpu()
-        return embedding_rows(batch.column("image_id"), self.model, vectors.numpy())
+        vectors = self.encoder.embed(images, batch.column("image_id").to_pylist(), self.views,
+                                     self.device)
+        return embedding_rows(batch.column("image_id"), self.key, vectors)
 
 
 def embedding_rows(image_ids: pa.ChunkedArray, model: str, vectors: np.ndarray) -> pa.Table:
@@ -115,8 +129,8 @@ def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = N
     """Embed every scan that has no vector for the model yet."""
     started = monotonic()
     model = resolve_model(workdir, config.model)
-    summary = EmbedSummary(model)
-    done = embedded_ids(workdir, model)
+    summary = EmbedSummary(embedding_key(model, config.views))
+    done = embedded_ids(workdir, summary.model_run)
     all_ids = workdir.column(SCANS, "image_id")
     pending = all_ids.filter(pc.invert(pc.is_in(all_ids, value_set=pa.array(list(done), pa.string()))))
     summary.already_done = len(all_ids) - len(pending)
@@ -136,6 +150,7 @@ def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
                                    num_cpus=0)
                .map_batches(_EmbedActor,
                             fn_constructor_kwargs={"workdir_root": workdir.root, "model": model,
+                                                   "views": config.views,
                                                    "input_size": config.input_size,
                                                    "use_gpu": config.use_gpu,
                                                    "pending_ref": ray.put(pending.combine_chunks())},

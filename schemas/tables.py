@@ -8,6 +8,9 @@ import pyarrow as pa
 SCANS = "scans"
 QUARANTINE = "quarantine"
 EMBEDDINGS = "embeddings"
+SITES = "sites"
+NEIGHBORS = "neighbors"
+ASSIGNMENTS = "assignments"
 
 SCANS_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),  # sha256 of the file (+ -fNNNN per frame)
@@ -36,6 +39,32 @@ QUARANTINE_SCHEMA = pa.schema([
 ])
 
 
+# Where each scan came from, as the clustering stages see it: the given site where the manifest
+# or DICOM named one, else the style group `fusc sites` inferred. Rewritten whole by that stage.
+SITES_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("site", pa.string(), nullable=False),
+    pa.field("inferred", pa.bool_(), nullable=False),  # false: from the manifest / DICOM
+])
+
+# The k nearest neighbours of each scan in the clustering space of one embedding model.
+NEIGHBORS_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("model_run", pa.string(), nullable=False),
+    pa.field("neighbor_ids", pa.list_(pa.string()), nullable=False),  # best first
+    pa.field("similarities", pa.list_(pa.float32()), nullable=False),  # cosine
+])
+
+# The cluster of each scan under one cluster model version.
+ASSIGNMENTS_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("cluster_id", pa.int32(), nullable=False),
+    pa.field("confidence", pa.float32(), nullable=False),  # probability of cluster_id
+    pa.field("probabilities", pa.list_(pa.float32()), nullable=False),  # one per cluster
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("assigned_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+])
+
 
 def embeddings_schema(dim: int) -> pa.Schema:
     """One L2-normalised vector per scan and model; the dimension is fixed per table."""
@@ -47,4 +76,5 @@ def embeddings_schema(dim: int) -> pa.Schema:
     ])
 
 
-SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA}
+SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA, SITES: SITES_SCHEMA,
+           NEIGHBORS: NEIGHBORS_SCHEMA, ASSIGNMENTS: ASSIGNMENTS_SCHEMA}

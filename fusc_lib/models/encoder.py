@@ -8,6 +8,7 @@ EvalTransform, so an image served online meets the network exactly as offline.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -17,10 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusc_lib.artifacts import read_bytes, write_bytes
-from fusc_lib.augment import EvalTransform
+from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.models.backbones import ENCODER_INFO, RANDOM, Backbone, create_backbone
 
 WEIGHTS = "backbone.pt"
+# Test-time views: most of the fan, mild tilt and rendering changes.
+TEST_VIEW = {"scale": (0.5, 1.0), "max_degrees": 15.0, "strength": 0.5}
 
 
 class Encoder(nn.Module):
@@ -31,6 +34,7 @@ class Encoder(nn.Module):
         self.backbone = backbone.eval()
         self.input_size = input_size
         self.transform = EvalTransform(input_size, backbone.mean, backbone.std)
+        self.test_view = UltrasoundView(input_size, backbone.mean, backbone.std, **TEST_VIEW)
 
     @property
     def dim(self) -> int:
@@ -43,6 +47,31 @@ class Encoder(nn.Module):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, dim) float32, unit length (cosine similarity is a dot product)."""
         return F.normalize(self.backbone(batch).float(), dim=1)
+
+    def embed(self, images: list[np.ndarray], image_ids: list[str], n_views: int = 1,
+              device: str | torch.device = "cpu") -> np.ndarray:
+        """(N, dim) unit vectors: the eval view, or the mean over it and `n_views - 1` mild
+        augmented views (fan crops, flips, small rotations, light machine style).
+
+        Averaging over views keeps what every view of a scan shares -- the anatomy -- and
+        averages away where the crop fell; it was the largest single lift in the measurements
+        (../shared/reference/clustering-measurements.md). The views of a scan are drawn from a
+        generator seeded by its id, so offline embedding and online serving agree exactly.
+        """
+        batch = torch.stack([view for image, image_id in zip(images, image_ids)
+                             for view in self._views(image, image_id, n_views)])
+        with torch.inference_mode():
+            vectors = self(batch.to(device)).float().cpu()
+        mean = vectors.view(len(images), n_views, -1).mean(dim=1)
+        return F.normalize(mean, dim=1).numpy()
+
+    def _views(self, image: np.ndarray, image_id: str, n_views: int) -> list[torch.Tensor]:
+        views = [self.transform(image)]
+        if n_views > 1:
+            rng = np.random.default_rng(int(hashlib.sha256(image_id.encode()).hexdigest()[:16], 16))
+            fan = fan_area(image)
+            views += [self.test_view(image, fan, rng) for _ in range(n_views - 1)]
+        return views
 
 
 def save_encoder(backbone: Backbone, input_size: int, run_dir: str) -> None:

@@ -1,0 +1,94 @@
+"""A cluster model version: everything that turns an embedding into a cluster, in one folder.
+
+`models/cluster/<version>/` holds `head.pt` (the kept linear head) and `model.json`: which
+embedding it reads (SSL run and number of averaged views), the per-site centering and the
+style-group model for scans without a named site, the head's training record, cluster names
+(null until a clinician names them), and for self-labeling whether it was accepted and why.
+`models/cluster/current.json` names the version `fusc assign`, `fusc export` and `fusc serve`
+use; a stage changes it only by writing a new version, so the previous one stays loadable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+
+from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.clustering import ClusterResult
+from fusc_lib.sites import SiteCentering, SiteModel
+from fusc_lib.store import Workdir
+
+HEAD_FILE = "head.pt"
+META_FILE = "model.json"
+CURRENT_FILE = "current.json"
+
+
+@dataclass
+class ClusterModel:
+    version: str
+    embedding: str  # embeddings.model_run the head reads (`<ssl run>[~views<n>]`)
+    centering: SiteCentering
+    site_model: SiteModel | None  # None when every training scan had a named site
+    head: ClusterResult
+    names: dict[int, str | None] = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # stage records: self-label outcome, sizes, ...
+
+    @property
+    def n_clusters(self) -> int:
+        return self.head.n_clusters
+
+    def probabilities(self, vectors: np.ndarray, sites: list[str]) -> np.ndarray:
+        """(N, C) cluster probabilities of raw embeddings from the given sites."""
+        return self.head.predict(self.centering.apply(vectors, sites)).numpy()
+
+    def save(self, workdir: Workdir, make_current: bool = True) -> str:
+        folder = workdir.cluster_model_dir(self.version)
+        buffer = io.BytesIO()
+        torch.save({"weight": self.head.weight, "bias": self.head.bias}, buffer)
+        write_bytes(f"{folder}/{HEAD_FILE}", buffer.getvalue())
+        meta = {"version": self.version, "embedding": self.embedding,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "centering": self.centering.to_dict(),
+                "site_model": self.site_model.to_dict() if self.site_model else None,
+                "head": self.head.metadata(), "notes": self.notes,
+                "names": {str(c): self.names.get(c) for c in range(self.n_clusters)}}
+        write_bytes(f"{folder}/{META_FILE}", json.dumps(meta, indent=1).encode())
+        if make_current:
+            workdir.write_json({"version": self.version}, "models", "cluster", CURRENT_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, workdir: Workdir, version: str | None = None) -> ClusterModel:
+        """The named version, or the current one."""
+        version = version or current_version(workdir)
+        folder = workdir.cluster_model_dir(version)
+        if not exists(f"{folder}/{META_FILE}"):
+            raise ValueError(f"no cluster model {version!r} in {folder}")
+        meta = json.loads(read_bytes(f"{folder}/{META_FILE}"))
+        state = torch.load(io.BytesIO(read_bytes(f"{folder}/{HEAD_FILE}")), map_location="cpu")
+        n = state["weight"].shape[0]
+        head = ClusterResult.from_state({**state, "probabilities": torch.empty(0, n)},
+                                        meta["head"])
+        return cls(version=meta["version"], embedding=meta["embedding"],
+                   centering=SiteCentering.from_dict(meta["centering"]),
+                   site_model=SiteModel.from_dict(meta["site_model"])
+                   if meta["site_model"] else None,
+                   head=head, names={int(c): name for c, name in meta["names"].items()},
+                   notes=meta.get("notes", {}))
+
+
+def current_version(workdir: Workdir) -> str:
+    current = workdir.read_json("models", "cluster", CURRENT_FILE)
+    if not current:
+        raise ValueError(f"no cluster model in {workdir.root}: run `fusc cluster` (or `fusc run`)")
+    return current["version"]
+
+
+def new_version(n_clusters: int, suffix: str = "") -> str:
+    """A sortable, unique version name: UTC time and cluster count."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-c{n_clusters}{suffix}"

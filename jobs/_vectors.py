@@ -1,0 +1,57 @@
+"""The clustering space the stages after `fusc sites` share: embeddings centred per site.
+
+Loaded on the driver as one matrix: stages 2–3 train on all vectors together (1M × 1280
+float32 is 5 GB; the neighbour search is the larger cost, see bench/neighbors.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusc_lib.sites import SiteCentering
+from fusc_lib.store import Workdir
+from schemas.tables import EMBEDDINGS, SITES
+
+
+@dataclass
+class ClusteringSpace:
+    image_ids: list[str]  # sorted, so every stage sees the same row order
+    raw: np.ndarray  # (N, D) embeddings as stored
+    sites: list[str]
+    centering: SiteCentering
+    vectors: np.ndarray  # (N, D) centred per site, unit length: what stages 2-3 use
+
+
+def load_embeddings(workdir: Workdir, embedding: str) -> tuple[list[str], np.ndarray]:
+    """(image ids sorted, vectors) of one embedding key."""
+    if not workdir.has_table(EMBEDDINGS):
+        raise ValueError("no embeddings in this workdir: run `fusc embed` first")
+    table = workdir.table(EMBEDDINGS).to_lance().to_table(
+        columns=["image_id", "vector"], filter=f"model_run = '{embedding}'").sort_by("image_id")
+    if not table.num_rows:
+        raise ValueError(f"no embeddings for {embedding!r}: run `fusc embed` for it first")
+    vectors = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
+    return table.column("image_id").to_pylist(), vectors.reshape(table.num_rows, -1)
+
+
+def load_sites(workdir: Workdir, image_ids: list[str]) -> list[str]:
+    """The site of each scan, from the `sites` table."""
+    if not workdir.has_table(SITES):
+        raise ValueError("no sites in this workdir: run `fusc sites` first")
+    table = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
+    by_id = dict(zip(table.column("image_id").to_pylist(), table.column("site").to_pylist()))
+    missing = [i for i in image_ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} embedded scans have no site (new scans since "
+                         "`fusc sites`): run it again")
+    return [by_id[i] for i in image_ids]
+
+
+def clustering_space(workdir: Workdir, embedding: str) -> ClusteringSpace:
+    image_ids, raw = load_embeddings(workdir, embedding)
+    sites = load_sites(workdir, image_ids)
+    centering = SiteCentering.fit(raw, sites)
+    return ClusteringSpace(image_ids, raw, sites, centering, centering.apply(raw, sites))
+

@@ -1,0 +1,123 @@
+"""`fusc assign`: the cluster of every scan under a cluster model into `assignments`.
+
+Ray Data batch inference: read the model's embeddings, centre them by site and apply the
+head in an actor pool (the model loaded once per actor); the driver commits rows as they come.
+Incremental like `fusc embed`: scans already assigned by this version are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import monotonic
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.progress import progress_bar
+from fusc_lib.store import Workdir, utc_now
+from jobs._lance_sink import TableAppender
+from jobs._ray import cluster_cpus, connect
+from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SITES
+
+COMMIT_ROWS = 50_000
+
+
+@dataclass
+class AssignSummary:
+    version: str
+    assigned: int
+    already_done: int
+    sizes: list[int]  # scans per cluster under this version, all of them
+    seconds: float
+
+
+class _AssignActor:
+    def __init__(self, workdir_root: str, version: str, done_ref: ray.ObjectRef,
+                 sites_ref: ray.ObjectRef):
+        self.model = ClusterModel.load(Workdir(workdir_root), version)
+        self.done = ray.get(done_ref)
+        self.sites = ray.get(sites_ref)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if len(self.done):
+            batch = batch.filter(pc.invert(pc.is_in(batch.column("image_id"),
+                                                    value_set=self.done)))
+        ids = batch.column("image_id").to_pylist()
+        vectors = np.asarray(batch.column("vector").combine_chunks().flatten(),
+                             dtype=np.float32).reshape(len(ids), -1)
+        probabilities = self.model.probabilities(vectors, [self.sites[i] for i in ids]) \
+            if ids else np.zeros((0, self.model.n_clusters), np.float32)
+        return assignment_rows(ids, probabilities, self.model.version)
+
+
+def assignment_rows(image_ids: list[str], probabilities: np.ndarray, version: str) -> pa.Table:
+    clusters = probabilities.argmax(axis=1) if len(image_ids) else np.zeros(0, np.int64)
+    return pa.table({
+        "image_id": pa.array(image_ids, pa.string()),
+        "cluster_id": pa.array(clusters.astype(np.int32)),
+        "confidence": pa.array(probabilities.max(axis=1, initial=0).astype(np.float32)),
+        "probabilities": pa.array(probabilities.astype(np.float32).tolist(),
+                                  pa.list_(pa.float32())),
+        "model_version": pa.array([version] * len(image_ids), pa.string()),
+        "assigned_at": pa.array([utc_now()] * len(image_ids), pa.timestamp("ms", tz="UTC")),
+    })
+
+
+def run_assign(workdir: Workdir, version: str | None = None,
+               ray_address: str | None = None) -> AssignSummary:
+    started = monotonic()
+    version = version or current_version(workdir)
+    model = ClusterModel.load(workdir, version)
+    done = assigned_ids(workdir, version)
+    embedding_filter = f"model_run = '{model.embedding}'"
+    total = workdir.table(EMBEDDINGS).count_rows(embedding_filter)
+    appended = 0
+    if total > len(done):
+        connect(ray_address)
+        appended = _stream_assignments(workdir, model, embedding_filter, done, total - len(done))
+    return AssignSummary(version, appended, len(done), cluster_sizes(workdir, version,
+                                                                    model.n_clusters),
+                         monotonic() - started)
+
+
+def _stream_assignments(workdir: Workdir, model: ClusterModel, embedding_filter: str,
+                        done: pa.Array, pending: int) -> int:
+    sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
+    site_of = dict(zip(sites.column("image_id").to_pylist(), sites.column("site").to_pylist()))
+    dataset = (ray.data.read_lance(workdir.table_uri(EMBEDDINGS), columns=["image_id", "vector"],
+                                   filter=embedding_filter, num_cpus=0)
+               .map_batches(_AssignActor, batch_size=4096, batch_format="pyarrow",
+                            fn_constructor_kwargs={"workdir_root": workdir.root,
+                                                   "version": model.version,
+                                                   "done_ref": ray.put(done),
+                                                   "sites_ref": ray.put(site_of)},
+                            num_cpus=1, compute=ray.data.ActorPoolStrategy(
+                                size=min(cluster_cpus(), max(1, pending // 100_000 + 1)))))
+    sink = TableAppender(workdir, ASSIGNMENTS, COMMIT_ROWS)
+    with progress_bar("assign", total=pending, unit="scans") as advance:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            sink.add(batch)
+            advance(batch.num_rows)
+            if sink.full:
+                sink.flush()
+        sink.flush()
+    return sink.committed
+
+
+def assigned_ids(workdir: Workdir, version: str) -> pa.Array:
+    if not workdir.has_table(ASSIGNMENTS):
+        return pa.array([], pa.string())
+    table = workdir.table(ASSIGNMENTS).to_lance().to_table(
+        columns=["image_id"], filter=f"model_version = '{version}'")
+    return table.column("image_id").combine_chunks()
+
+
+def cluster_sizes(workdir: Workdir, version: str, n_clusters: int) -> list[int]:
+    if not workdir.has_table(ASSIGNMENTS):
+        return [0] * n_clusters
+    clusters = workdir.table(ASSIGNMENTS).to_lance().to_table(
+        columns=["cluster_id"], filter=f"model_version = '{version}'").column("cluster_id")
+    return np.bincount(clusters.to_numpy(), minlength=n_clusters).tolist()

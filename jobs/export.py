@@ -1,0 +1,54 @@
+"""`fusc export`: the assignments of a cluster model as one CSV or Parquet file.
+
+One row per scan: source_uri, frame, image_id, cluster_id, cluster_name, confidence, site,
+pseudo_view. A file with several frames has one row per frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from fusc_lib.cluster_model import ClusterModel
+from fusc_lib.store import Workdir
+from schemas.tables import ASSIGNMENTS, SCANS, SITES
+
+FORMATS = ("csv", "parquet")
+COLUMNS = ["source_uri", "frame", "image_id", "cluster_id", "cluster_name", "confidence",
+           "site", "pseudo_view"]
+
+
+def export_table(workdir: Workdir, version: str | None = None) -> pa.Table:
+    model = ClusterModel.load(workdir, version)
+    if not workdir.has_table(ASSIGNMENTS):
+        raise ValueError("no assignments yet: run `fusc assign` first")
+    assigned = workdir.table(ASSIGNMENTS).to_lance().to_table(
+        columns=["image_id", "cluster_id", "confidence"],
+        filter=f"model_version = '{model.version}'")
+    if not assigned.num_rows:
+        raise ValueError(f"model {model.version} has assigned no scans: run `fusc assign`")
+    scans = workdir.table(SCANS).to_lance().to_table(
+        columns=["image_id", "source_uri", "frame", "pseudo_view"])
+    sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
+    names = pa.table({"cluster_id": pa.array(list(model.names), pa.int32()),
+                      "cluster_name": pa.array(list(model.names.values()), pa.string())})
+    joined = (assigned.join(scans, "image_id").join(sites, "image_id", join_type="left outer")
+              .join(names, "cluster_id", join_type="left outer"))
+    return joined.select(COLUMNS).sort_by([("source_uri", "ascending"), ("frame", "ascending")])
+
+
+def write_export(table: pa.Table, output: str | Path, file_format: str | None = None) -> str:
+    """Write as `file_format`, or as the output's suffix says (csv | parquet)."""
+    output = Path(output)
+    file_format = file_format or output.suffix.lstrip(".").lower()
+    if file_format not in FORMATS:
+        raise ValueError(f"unknown export format {file_format!r}; use one of {', '.join(FORMATS)}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if file_format == "csv":
+        pacsv.write_csv(table, output)
+    else:
+        pq.write_table(table, output)
+    return str(output)

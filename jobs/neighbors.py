@@ -1,0 +1,64 @@
+"""`fusc neighbors`: the k nearest neighbours of every scan into the `neighbors` table.
+
+Mined with faiss (`fusc_lib.neighbors`: exact, or IVF calibrated to recall ≥ 0.95, on GPU when
+faiss has one) in the clustering space: embeddings centred per site, so neighbours are scans
+of the same view more than scans of the same machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import monotonic
+
+import numpy as np
+import pyarrow as pa
+
+from fusc_lib.neighbors import choose_index, mine_neighbors
+from fusc_lib.store import Workdir
+from jobs._vectors import clustering_space
+from schemas.tables import NEIGHBORS
+
+DEFAULT_K = 20
+
+
+@dataclass
+class NeighborsSummary:
+    embedding: str
+    scans: int
+    k: int
+    index: str
+    mean_similarity: float
+    seconds: float
+
+
+def run_neighbors(workdir: Workdir, embedding: str, k: int = DEFAULT_K,
+                  use_gpu: bool | None = None) -> NeighborsSummary:
+    started = monotonic()
+    space = clustering_space(workdir, embedding)
+    k = min(k, len(space.image_ids) - 1)
+    indices, similarities = mine_neighbors(space.vectors, k, use_gpu=use_gpu)
+    ids = np.asarray(space.image_ids, dtype=object)
+    rows = pa.table({
+        "image_id": pa.array(space.image_ids, pa.string()),
+        "model_run": pa.array([embedding] * len(ids), pa.string()),
+        "neighbor_ids": pa.array(ids[indices].tolist(), pa.list_(pa.string())),
+        "similarities": pa.array(similarities.tolist(), pa.list_(pa.float32())),
+    })
+    if workdir.has_table(NEIGHBORS):
+        workdir.delete_where(NEIGHBORS, "model_run", [embedding])
+    workdir.append(NEIGHBORS, rows)
+    return NeighborsSummary(embedding, len(ids), k,
+                            choose_index(len(ids), use_gpu=use_gpu).describe(),
+                            float(similarities.mean()), monotonic() - started)
+
+
+def load_neighbors(workdir: Workdir, embedding: str, image_ids: list[str]) -> np.ndarray:
+    """(N, k) row numbers into `image_ids` of each scan's neighbours, from the table."""
+    table = workdir.table(NEIGHBORS).to_lance().to_table(
+        columns=["image_id", "neighbor_ids"], filter=f"model_run = '{embedding}'")
+    rows = dict(zip(table.column("image_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
+    if set(rows) != set(image_ids):
+        raise ValueError(f"the neighbours of {embedding!r} are not those of its current "
+                         "embeddings: run `fusc neighbors` again")
+    index = {image_id: row for row, image_id in enumerate(image_ids)}
+    return np.asarray([[index[n] for n in rows[i]] for i in image_ids], dtype=np.int64)

@@ -1,0 +1,183 @@
+"""`fusc run`: every stage in order into one workdir, skipping what is already done.
+
+ingest → train-ssl → embed → sites → neighbors → cluster → self-label → assign → export.
+Ingest, embed and assign are incremental by themselves (they do only the scans not done yet).
+The other stages record the versions of their inputs in `<workdir>/stages/<stage>.json` when
+they finish, and are skipped while those are unchanged; so a killed run, run again, continues
+with the stage it was in. The SSL model is trained once per workdir (resumed if it was
+killed); scans ingested later are embedded with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import monotonic
+
+from pydantic import BaseModel, Field
+
+from fusc_lib.artifacts import exists
+from fusc_lib.ingest import IngestConfig
+from fusc_lib.models.backbones import ENCODER_INFO
+from fusc_lib.preprocess import workdir_preprocess
+from fusc_lib.ssl_config import SSLConfig
+from fusc_lib.store import Workdir
+from jobs.assign import run_assign
+from jobs.cluster import ClusterConfig, run_cluster
+from jobs.embed import EmbedConfig, embedding_key, run_embed
+from jobs.export import export_table, write_export
+from jobs.ingest import run_ingest
+from jobs.neighbors import DEFAULT_K, run_neighbors
+from jobs.self_label import SelfLabelConfig, run_self_label
+from jobs.sites import run_sites
+from jobs.train_ssl import CONFIG_FILE, run_train_ssl
+from schemas.tables import EMBEDDINGS, NEIGHBORS, SCANS, SITES
+
+EXPORT_FILE = "assignments.csv"
+CLUSTER_OUTPUT = "cluster-output"  # stamp naming the model `fusc cluster` made, for self-label
+
+
+class RunConfig(BaseModel):
+    """Every option of `fusc run`; the stages' own configs are made from it."""
+
+    paths: list[str] = Field(default_factory=list)
+    manifest: str | None = None
+    clusters: int = Field(ge=2)
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
+    model: str | None = Field(None, description="Embed with this model instead of training "
+                                                "one (pretrained:<backbone> or an SSL run).")
+    views: int = Field(10, ge=1, description="Augmented views averaged per scan.")
+    k: int = Field(DEFAULT_K, ge=1)
+    heads: int = Field(10, ge=1)
+    cluster_epochs: int = Field(100, ge=1)
+    self_label: bool = True
+    threshold: float = Field(0.99, gt=0, le=1)
+    seed: int = 0
+
+
+@dataclass
+class StageReport:
+    stage: str
+    skipped: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class RunSummary:
+    stages: list[StageReport] = field(default_factory=list)
+    version: str = ""
+    sizes: list[int] = field(default_factory=list)
+    export: str = ""
+
+
+def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
+            echo: Callable[[StageReport], None] = lambda report: None) -> RunSummary:
+    """Run (or skip) every stage; `echo` hears about each stage as it ends."""
+    summary = RunSummary()
+
+    def stage(name: str, work: Callable[[], str], inputs: dict | None = None,
+              done: str = "") -> None:
+        """Run `work`, unless `done` says why not or its recorded `inputs` are unchanged."""
+        started = monotonic()
+        if done or (inputs is not None and _stamp(workdir, name) == inputs):
+            report = StageReport(name, True, 0.0, done or "inputs unchanged")
+        else:
+            report = StageReport(name, False, 0.0, work())
+            if inputs is not None:
+                workdir.write_json(inputs, "stages", f"{name}.json")
+        report.seconds = monotonic() - started
+        summary.stages.append(report)
+        echo(report)
+
+    if config.paths or config.manifest:
+        stage("ingest", lambda: _ingest(workdir, config, ray_address))
+    model = config.model or config.ssl.run
+    if not config.model:
+        stage("train-ssl", lambda: _train_ssl(workdir, config.ssl, ray_address),
+              done=f"model {config.ssl.run} trained" if _trained(workdir, config.ssl) else "")
+    embedding = embedding_key(model, config.views)
+    stage("embed", lambda: _embed(workdir, model, config, ray_address))
+    stage("sites", lambda: _sites(workdir, config, ray_address),
+          {"scans": _version(workdir, SCANS), "seed": config.seed})
+    stage("neighbors", lambda: _neighbors(workdir, embedding, config.k),
+          {"embeddings": _version(workdir, EMBEDDINGS), "sites": _version(workdir, SITES),
+           "embedding": embedding, "k": config.k})
+    cluster = ClusterConfig(embedding=embedding, clusters=config.clusters, heads=config.heads,
+                            epochs=config.cluster_epochs, seed=config.seed)
+    stage("cluster", lambda: _cluster(workdir, cluster),
+          {"neighbors": _version(workdir, NEIGHBORS), **cluster.model_dump()})
+    if config.self_label:
+        self_label = SelfLabelConfig(threshold=config.threshold, seed=config.seed)
+        stage("self-label", lambda: _self_label(workdir, self_label),
+              {"input": _stamp(workdir, CLUSTER_OUTPUT), **self_label.model_dump()})
+    stage("assign", lambda: _assign(workdir, summary, ray_address))
+    summary.export = workdir.path("exports", EXPORT_FILE)
+    stage("export", lambda: write_export(export_table(workdir), summary.export))
+    return summary
+
+
+def _stamp(workdir: Workdir, stage: str) -> dict:
+    return workdir.read_json("stages", f"{stage}.json") or {}
+
+
+def _version(workdir: Workdir, table: str) -> int | None:
+    return workdir.table(table).version if workdir.has_table(table) else None
+
+
+def _trained(workdir: Workdir, ssl: SSLConfig) -> bool:
+    return exists(f"{workdir.ssl_run_dir(ssl.run)}/{ENCODER_INFO}")
+
+
+def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:
+    ingest = IngestConfig(paths=config.paths, manifest=config.manifest)
+    result = run_ingest(workdir, ingest, workdir_preprocess(workdir), ray_address)
+    return (f"{result.rows_ingested} new scans, {result.files_already_done} files already in, "
+            f"{result.quarantined} quarantined")
+
+
+def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str:
+    resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{CONFIG_FILE}")
+    scans = workdir.table(SCANS).count_rows()
+    if scans < ssl.batch_size:  # a small archive: one batch of all of it
+        ssl = ssl.model_copy(update={"batch_size": max(2, scans // 2 * 2)})
+    result = run_train_ssl(workdir, ssl, ray_address, resume=resume)
+    return f"{result['epochs']} epochs, final loss {result['final_loss']}" + \
+        (" (resumed)" if resume else "")
+
+
+def _embed(workdir: Workdir, model: str, config: RunConfig, ray_address: str | None) -> str:
+    result = run_embed(workdir, EmbedConfig(model=model, views=config.views), ray_address)
+    return f"{result.embedded} embedded, {result.already_done} already done"
+
+
+def _sites(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:
+    result = run_sites(workdir, ray_address, seed=config.seed)
+    inferred = f"{result.inferred_groups} style groups inferred" if result.inferred_groups \
+        else "all sites given"
+    return f"{inferred}; {result.given} scans with a named site"
+
+
+def _neighbors(workdir: Workdir, embedding: str, k: int) -> str:
+    result = run_neighbors(workdir, embedding, k)
+    return f"k = {result.k}, {result.index}"
+
+
+def _cluster(workdir: Workdir, config: ClusterConfig) -> str:
+    result = run_cluster(workdir, config)
+    workdir.write_json({"version": result.version}, "stages", f"{CLUSTER_OUTPUT}.json")
+    return f"model {result.version}, head {result.head_index}, sizes {result.sizes}"
+
+
+def _self_label(workdir: Workdir, config: SelfLabelConfig) -> str:
+    result = run_self_label(workdir, config)
+    if result.accepted:
+        return f"accepted: model {result.version}, sizes {result.sizes}"
+    return "kept the input model: " + "; ".join(result.reasons)
+
+
+def _assign(workdir: Workdir, summary: RunSummary, ray_address: str | None) -> str:
+    result = run_assign(workdir, ray_address=ray_address)
+    summary.version, summary.sizes = result.version, result.sizes
+    return f"model {result.version}: {result.assigned} assigned"
+

@@ -1,0 +1,159 @@
+"""`fusc run` and the clustering stages end to end on real scans, a real LanceDB and Ray.
+
+Tiny settings (64 px scans, 32 px SSL, 2 views, few epochs) keep the file near two minutes.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.preprocess import workdir_preprocess
+from fusc_lib.ssl_config import SSLConfig
+from fusc_lib.store import Workdir
+from jobs.assign import run_assign
+from jobs.export import COLUMNS, export_table, write_export
+from jobs.run import RunConfig, run_all
+from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
+
+PRETRAINED = "pretrained:efficientnet_lite0"
+TINY_SSL = {"image_size": 32, "epochs": 2, "batch_size": 8}
+
+
+def _archive(data_dir: Path, folder: Path, per_set: int = 8) -> Path:
+    """Scans of two hospitals' machines (african-planes, hc18): two clear style groups."""
+    folder.mkdir()
+    for name in ("african-planes", "hc18"):
+        for path in sorted((data_dir / name / "images").glob("*.png"))[:per_set]:
+            shutil.copy(path, folder / f"{name}__{path.name}")
+    return folder
+
+
+def _tiny_workdir(root: Path) -> Workdir:
+    store = Workdir(str(root))
+    workdir_preprocess(store, {"ocr_engine": "none", "image_size": 64})
+    return store
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir, ray_session):
+    root = tmp_path_factory.mktemp("run")
+    store = _tiny_workdir(root / "w")
+    config = RunConfig(paths=[str(_archive(data_dir, root / "in"))], clusters=3,
+                       model=PRETRAINED, views=2, k=5, heads=3, cluster_epochs=20)
+    reports = []
+    summary = run_all(store, config, echo=reports.append)
+    return store, config, summary, reports
+
+
+def test_run_assigns_every_scan_once_and_exports_them(finished):
+    store, _, summary, reports = finished
+    assert [r.stage for r in reports] == ["ingest", "embed", "sites", "neighbors", "cluster",
+                                          "self-label", "assign", "export"]
+    scans = store.table(SCANS).count_rows()
+    assigned = store.table(ASSIGNMENTS).to_arrow()
+    assert scans == 16 and sum(summary.sizes) == scans
+    assert set(assigned.column("model_version").to_pylist()) == {summary.version}
+    assert len(set(assigned.column("image_id").to_pylist())) == scans
+    probabilities = np.asarray(assigned.column("probabilities").to_pylist())
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert (np.asarray(assigned.column("confidence")) == probabilities.max(axis=1)).all()
+    with open(summary.export, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == COLUMNS and len(rows) == scans
+    assert {Path(r["source_uri"]).name.split("__")[0] for r in rows} == {"african-planes", "hc18"}
+
+
+def test_sites_are_inferred_from_style_when_none_is_given(finished):
+    store, *_ = finished
+    sites = store.table(SITES).to_arrow()
+    scans = store.table(SCANS).to_lance().to_table(columns=["image_id", "source_uri"])
+    dataset = {i: Path(u).name.split("__")[0] for i, u in
+               zip(scans.column("image_id").to_pylist(), scans.column("source_uri").to_pylist())}
+    assert all(sites.column("inferred").to_pylist())
+    groups = {}
+    for image_id, site in zip(sites.column("image_id").to_pylist(),
+                              sites.column("site").to_pylist()):
+        groups.setdefault(site, set()).add(dataset[image_id])
+    # hc18 (800×540 Voluson) and african-planes never share a style group.
+    assert len(groups) >= 2 and all(len(members) == 1 for members in groups.values())
+
+
+def test_neighbors_are_k_other_scans_best_first(finished):
+    store, config, *_ = finished
+    table = store.table(NEIGHBORS).to_arrow()
+    for image_id, ids, similarities in zip(*(table.column(c).to_pylist() for c in
+                                             ("image_id", "neighbor_ids", "similarities"))):
+        assert len(ids) == config.k and image_id not in ids
+        assert similarities == sorted(similarities, reverse=True)
+
+
+def test_a_second_run_skips_every_finished_stage(finished):
+    store, config, summary, _ = finished
+    reports = []
+    again = run_all(store, config, echo=reports.append)
+    skipped = {r.stage for r in reports if r.skipped}
+    assert skipped == {"sites", "neighbors", "cluster", "self-label"}
+    assert again.version == summary.version and again.sizes == summary.sizes
+    assert store.table(ASSIGNMENTS).count_rows() == sum(summary.sizes)
+
+
+def test_cluster_model_round_trips_and_gives_the_stored_assignments(finished):
+    store, *_ = finished
+    model = ClusterModel.load(store)
+    assert model.version == current_version(store)
+    assert model.embedding == f"{PRETRAINED}~views2"
+    assigned = store.table(ASSIGNMENTS).to_arrow()
+    assert sorted(set(assigned.column("cluster_id").to_pylist())) <= list(range(3))
+    assert run_assign(store).assigned == 0  # incremental: nothing new
+
+
+def test_export_writes_parquet_and_refuses_unknown_formats(finished, tmp_path):
+    store, *_ = finished
+    table = export_table(store)
+    path = write_export(table, tmp_path / "out.parquet")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(path).num_rows == table.num_rows
+    with pytest.raises(ValueError, match="csv"):
+        write_export(table, tmp_path / "out.xlsx")
+
+
+def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, data_dir, ray_session):
+    """SIGKILL a real `fusc run` once SSL and embedding are done; the rerun skips SSL."""
+    folder = _archive(data_dir, tmp_path / "in", per_set=6)
+    store = _tiny_workdir(tmp_path / "w")
+    command = [sys.executable, "-m", "fusc_lib", "run", str(folder), "--clusters", "3",
+               "--ssl-epochs", "2", "--image-size", "32", "--views", "2", "--k", "5",
+               "--cluster-epochs", "20", "--workdir", store.root,
+               "--ray-address", ray_session.get_runtime_context().gcs_address]
+    process = subprocess.Popen(command, cwd=Path(__file__).parents[1],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sites_stamp = Path(store.root) / "stages" / "sites.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None and not sites_stamp.exists():
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = Path(store.ssl_run_dir(SSLConfig().run))
+    trained_at = (run_dir / "backbone.pt").stat().st_mtime
+
+    ssl = SSLConfig.from_profile("quick", **TINY_SSL)
+    reports = []
+    summary = run_all(store, RunConfig(paths=[str(folder)], clusters=3, ssl=ssl, views=2, k=5,
+                                       cluster_epochs=20), echo=reports.append)
+    by_stage = {r.stage: r for r in reports}
+    assert by_stage["train-ssl"].skipped and by_stage["sites"].skipped
+    assert by_stage["embed"].detail.startswith("0 embedded")
+    assert (run_dir / "backbone.pt").stat().st_mtime == trained_at
+    assert sum(summary.sizes) == store.table(SCANS).count_rows() == 12
