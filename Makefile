@@ -25,7 +25,7 @@ system-deps:
 	  echo "note: tesseract-ocr not installed (apt-get install tesseract-ocr); --ocr-engine tesseract will be unavailable"
 
 demo: install
-	$(BIN)/fusc ingest examples/scans --workdir $(DEMO_WORKDIR)
+	$(BIN)/fusc run examples/scans --clusters 4 --workdir $(DEMO_WORKDIR)
 
 test: install
 	$(BIN)/pytest -q

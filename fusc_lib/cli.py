@@ -242,8 +242,11 @@ def sites(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     ray_address: RayAddressOption = None,
 ) -> None:
-    """Give every scan a site: the manifest's or DICOM's where named, else an inferred style
-    group (frame size, fan geometry, grey levels, speckle), so clustering can remove it."""
+    """Give every scan a site, named or inferred, so clustering can take hospital style out.
+
+    The manifest's or DICOM's site where named; otherwise a style group inferred from frame
+    size, fan geometry, grey levels and speckle texture.
+    """
     from fusc_lib.store import Workdir
     from jobs.sites import run_sites
 
@@ -285,8 +288,10 @@ def cluster(
     seed: Annotated[int, typer.Option()] = 0,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
 ) -> None:
-    """Train the FUSC heads on the frozen, site-centred embeddings; keep the lowest-loss head
-    as the current cluster model."""
+    """Train the FUSC cluster heads on the frozen, site-centred embeddings.
+
+    Several heads train together; the lowest-loss one becomes the current cluster model.
+    """
     from fusc_lib.store import Workdir
     from jobs.cluster import ClusterConfig, run_cluster
 
@@ -311,8 +316,11 @@ def self_label(
     seed: Annotated[int, typer.Option()] = 0,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
 ) -> None:
-    """Fine-tune the cluster head on its own confident predictions (class-balanced), keeping
-    the input model when the result's own checks say it got worse."""
+    """Fine-tune the cluster head on its own confident predictions (class-balanced).
+
+    The input model stays current when the result's own checks (loss, smallest cluster,
+    confident set, label stability) say it got worse; the reasons are printed.
+    """
     from fusc_lib.store import Workdir
     from jobs.self_label import SelfLabelConfig, run_self_label
 
@@ -333,8 +341,10 @@ def assign(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     ray_address: RayAddressOption = None,
 ) -> None:
-    """Write the cluster of every embedded scan into `assignments` (only scans not yet
-    assigned by this model version)."""
+    """Write the cluster of every embedded scan into the `assignments` table.
+
+    Only scans not yet assigned by this model version are done: reruns add nothing.
+    """
     from fusc_lib.store import Workdir
     from jobs.assign import run_assign
 
@@ -354,8 +364,11 @@ def export(
     model: ModelVersionOption = None,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
 ) -> None:
-    """Write source_uri, frame, image_id, cluster_id, cluster_name, confidence, site and
-    pseudo_view of every assigned scan."""
+    """Write the assignments as CSV or Parquet, one row per scan.
+
+    Columns: source_uri, frame, image_id, cluster_id, cluster_name, confidence, site,
+    pseudo_view.
+    """
     from fusc_lib.store import Workdir
     from jobs.export import export_table, write_export
 
@@ -388,10 +401,10 @@ def run(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     ray_address: RayAddressOption = None,
 ) -> None:
-    """Every stage, in order, into one workdir: ingest → train-ssl → embed → sites →
-    neighbors → cluster → self-label → assign → export.
+    """Run every stage on a folder of scans, from ingest to the exported clusters.
 
-    A stage whose inputs did not change is skipped, so running the same command again after
+    ingest → train-ssl → embed → sites → neighbors → cluster → self-label → assign → export,
+    all into one workdir. A stage whose inputs did not change is skipped, so running the same command again after
     an interruption continues where it stopped. Prints where the results are.
     """
     from fusc_lib.ssl_config import SSLConfig

@@ -12,7 +12,21 @@ runner = CliRunner()
 def test_help_lists_the_working_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "ingest" in result.output
+    for command in ("ingest", "train-ssl", "embed", "sites", "neighbors", "cluster",
+                    "self-label", "assign", "export", "run"):
+        assert f" {command} " in result.output
+
+
+def test_clustering_commands_without_their_inputs_say_what_to_run(tmp_path):
+    workdir = str(tmp_path / "empty")
+    cluster = runner.invoke(app, ["cluster", "--clusters", "4", "--embedding", "x",
+                                  "--workdir", workdir])
+    assert cluster.exit_code == 2 and "fusc embed" in cluster.output
+    assign = runner.invoke(app, ["assign", "--workdir", workdir])
+    assert assign.exit_code == 2 and "fusc cluster" in assign.output
+    export = runner.invoke(app, ["export", "--output", str(tmp_path / "a.csv"),
+                                 "--workdir", workdir])
+    assert export.exit_code == 2 and "fusc cluster" in export.output
 
 
 def test_ingest_help_explains_the_shared_options():

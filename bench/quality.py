@@ -1,0 +1,110 @@
+"""Clustering quality of `fusc run` against view labels, beside k-means on the same embeddings.
+
+For each seed: a fresh workdir, the whole `fusc run` (ingest → SSL → embed → sites →
+neighbors → cluster → self-label → assign) timed end to end with no labels and no site given;
+then, with the labels (used only to score): purity, NMI and Hungarian accuracy against `view`,
+the smallest cluster's share, and NMI against `site` (lower: less hospital in the clusters).
+Baselines on the run's own embeddings: k-means on them as stored (the paper's baseline), and
+k-means on the site-centred space. Prints one table, mean [min–max] over seeds.
+
+    .venv/bin/python -m bench.quality --dataset african-planes --clusters 4 --seeds 0 1 2
+    .venv/bin/python -m bench.quality --dataset fetal-planes-db --clusters 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import normalized_mutual_info_score
+
+from fusc_lib.cluster_model import ClusterModel
+from fusc_lib.diagnostics import read_labels
+from fusc_lib.metrics import kmeans_clusters, score_clusters
+from fusc_lib.ssl_config import SSLConfig
+from fusc_lib.store import Workdir
+from jobs._vectors import clustering_space
+from jobs.run import RunConfig, run_all
+from schemas.tables import ASSIGNMENTS, SCANS
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def labelled(store: Workdir, labels: dict[str, tuple[str, str]], image_ids: list[str]
+             ) -> tuple[list[str], list[str]]:
+    """(views, sites) of the given scans, by the file name of their source."""
+    scans = store.table(SCANS).to_lance().to_table(columns=["image_id", "source_uri"])
+    name = dict(zip(scans.column("image_id").to_pylist(),
+                    (Path(u).name for u in scans.column("source_uri").to_pylist())))
+    pairs = [labels[name[i]] for i in image_ids]
+    return [view for view, _ in pairs], [site for _, site in pairs]
+
+
+def score(views: list[str], sites: list[str], clusters: np.ndarray) -> dict[str, float]:
+    scores = score_clusters(views, clusters).as_dict()
+    scores["nmi_site"] = float(normalized_mutual_info_score(sites, clusters))
+    return scores
+
+
+def one_seed(dataset: Path, clusters: int, seed: int, profile: str) -> dict[str, dict]:
+    labels = read_labels([dataset / "labels.csv"])
+    with tempfile.TemporaryDirectory(prefix="fusc-quality-") as root:
+        store = Workdir(root)
+        started = time.monotonic()
+        config = RunConfig(paths=[str(dataset / "images")], clusters=clusters, seed=seed,
+                           ssl=SSLConfig.from_profile(profile, seed=seed))
+        run_all(store, config)
+        minutes = (time.monotonic() - started) / 60
+        model = ClusterModel.load(store)
+        assigned = store.table(ASSIGNMENTS).to_lance().to_table(
+            columns=["image_id", "cluster_id"], filter=f"model_version = '{model.version}'")
+        ids = assigned.column("image_id").to_pylist()
+        views, sites = labelled(store, labels, ids)
+        results = {"fusc run": {**score(views, sites, assigned.column("cluster_id").to_numpy()),
+                                "minutes": minutes,
+                                "self_label": float(model.notes.get("stage") == "self-label")}}
+        space = clustering_space(store, model.embedding)
+        views, sites = labelled(store, labels, space.image_ids)
+        results["k-means, embeddings"] = score(views, sites,
+                                               kmeans_clusters(space.raw, clusters, seed))
+        results["k-means, site-centred"] = score(views, sites,
+                                                 kmeans_clusters(space.vectors, clusters, seed))
+    return results
+
+
+def summarise(runs: list[dict[str, dict]]) -> None:
+    columns = ["purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site"]
+    print("| variant | CP | NMI | ACC | smallest cluster | NMI vs site | minutes |")
+    print("|---|---|---|---|---|---|---|")
+    for variant in runs[0]:
+        cells = []
+        for column in [*columns, "minutes"]:
+            values = np.asarray([run[variant].get(column, np.nan) for run in runs])
+            cells.append("" if np.isnan(values).all() else
+                         f"{values.mean():.3f} [{values.min():.3f}–{values.max():.3f}]")
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="african-planes")
+    parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--profile", default="quick")
+    args = parser.parse_args()
+    runs = []
+    for seed in args.seeds:
+        runs.append(one_seed(DATA / args.dataset, args.clusters, seed, args.profile))
+        print(f"seed {seed}: " + ", ".join(f"{variant} CP {scores['purity']:.3f} NMI "
+                                            f"{scores['nmi']:.3f} ACC {scores['accuracy']:.3f}"
+                                            for variant, scores in runs[-1].items()), flush=True)
+    print(f"\n{args.dataset}, {args.clusters} clusters, seeds {args.seeds}, profile "
+          f"{args.profile} (labels used only to score)")
+    summarise(runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Sites: style statistics of real scans, inferred style groups, per-site centering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from fusc_lib.preprocess import PreprocessConfig, Preprocessor
+from fusc_lib.sites import SiteCentering, SiteModel, resolve_sites, style_features
+
+
+def _scans(data_dir, dataset: str, n: int) -> list[tuple[np.ndarray, int, int]]:
+    """(stored image, original width, height) of real scans, preprocessed as ingest does."""
+    import cv2
+
+    preprocessor = Preprocessor(PreprocessConfig(ocr_engine="none", image_size=64))
+    out = []
+    for path in sorted((data_dir / dataset / "images").glob("*.png"))[:n]:
+        frame = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        out.append((preprocessor.prepare([frame])[0].pixels, frame.shape[1], frame.shape[0]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_machines(data_dir):
+    scans = _scans(data_dir, "african-planes", 20) + _scans(data_dir, "hc18", 20)
+    features = np.stack([style_features(*scan) for scan in scans])
+    return features, ["african"] * 20 + ["hc18"] * 20
+
+
+def test_style_features_are_finite_and_fixed_length(two_machines):
+    features, _ = two_machines
+    assert features.ndim == 2 and np.isfinite(features).all()
+
+
+def test_style_groups_separate_two_machines(two_machines):
+    features, machines = two_machines
+    sites, inferred, model = resolve_sites([None] * len(machines), features)
+    assert inferred.all() and model is not None and model.n_sites >= 2
+    assert normalized_mutual_info_score(machines, sites) > 0.5
+    # No group mixes the two machines.
+    for group in set(sites):
+        assert len({m for m, s in zip(machines, sites) if s == group}) == 1
+    # The saved model puts the same scans in the same groups.
+    again = SiteModel.from_dict(model.to_dict()).predict(features)
+    assert [f"style-{g}" for g in again] == sites
+
+
+def test_given_sites_are_kept_and_only_the_rest_inferred(two_machines):
+    features, machines = two_machines
+    given = ["hospital-a" if i < 20 else None for i in range(40)]
+    sites, inferred, _ = resolve_sites(given, features)
+    assert sites[:20] == ["hospital-a"] * 20 and not inferred[:20].any()
+    assert inferred[20:].all() and all(s.startswith("style-") for s in sites[20:])
+    all_given, none_inferred, model = resolve_sites(machines, features)
+    assert all_given == machines and not none_inferred.any() and model is None
+
+
+def test_centering_removes_each_site_mean_and_handles_unknown_sites():
+    rng = np.random.default_rng(0)
+    sites = ["a"] * 30 + ["b"] * 30
+    offsets = np.where(np.asarray(sites)[:, None] == "a", 3.0, -3.0)
+    vectors = rng.normal(size=(60, 8)) + offsets
+    centering = SiteCentering.fit(vectors, sites)
+    centred = centering.apply(vectors, sites)
+    assert np.allclose(np.linalg.norm(centred, axis=1), 1, atol=1e-5)
+    # Before, the site is the largest direction; after, the two sites' means nearly meet.
+    means = [centred[np.asarray(sites) == s].mean(axis=0) for s in ("a", "b")]
+    assert np.linalg.norm(means[0] - means[1]) < 0.5
+    restored = SiteCentering.from_dict(centering.to_dict())
+    assert np.allclose(restored.apply(vectors, sites), centred, atol=1e-6)
+    unknown = centering.apply(vectors[:2], ["never-seen", "never-seen"])
+    assert np.isfinite(unknown).all()
