@@ -393,7 +393,7 @@ def run(
     ssl_epochs: Annotated[int | None, typer.Option(help="Override the profile's epochs.")] = None,
     image_size: Annotated[int | None, typer.Option(
         help="Override the profile's SSL image size.")] = None,
-    views: Annotated[int, typer.Option(help="Augmented views averaged per scan.")] = 10,
+    views: Annotated[int, typer.Option(help="Augmented views averaged per scan.")] = 20,
     k: Annotated[int, typer.Option(help="Neighbours per scan.")] = 20,
     cluster_epochs: Annotated[int, typer.Option(help="Epochs of the cluster heads.")] = 100,
     self_label: Annotated[bool, typer.Option(help="Run the self-labeling stage.")] = True,
@@ -434,3 +434,60 @@ def _print_stage(report) -> None:
         console.print(f"[dim]{report.stage}: skipped ({report.detail})[/dim]")
     else:
         console.print(f"[green]{report.stage}[/green] ({report.seconds:.1f} s): {report.detail}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. Anything but loopback needs $FUSC_API_TOKEN.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    model: ModelVersionOption = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Ray Serve config file: replicas, autoscaling, batching, body limit, timeouts "
+             "[default: deploy/serve.yaml of this checkout].", exists=True, dir_okay=False)
+    ] = None,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Serve the cluster model over HTTP (Ray Serve) until Ctrl-C or SIGTERM.
+
+    POST /v1/cluster (a scan as the raw body or multipart field `file`) returns its cluster;
+    POST /v1/similar?k=10 the most similar archived scans; GET /v1/model, GET /healthz;
+    OpenAPI at /docs. Without --model the workdir's current model is served, and a new current
+    model is picked up without a restart. Set $FUSC_API_TOKEN to require
+    `Authorization: Bearer <token>` on every route but /healthz.
+    """
+    import os
+    import signal
+    import threading
+
+    from services.serve import TOKEN_ENV, check_exposure, start, stop
+
+    token = os.environ.get(TOKEN_ENV) or None
+    try:
+        check_exposure(host, token)
+    except ValueError as error:
+        _fail(str(error))
+    from jobs._ray import connect
+
+    connect(ray_address)
+    try:
+        url = start(workdir, host=host, port=port, model=model, config_path=config, token=token)
+    except ValueError as error:  # no model, unknown version, invalid config file
+        _fail(str(error))
+    except RuntimeError as error:  # a replica failed to start: Serve's reason
+        _fail(f"the service did not start: {error}")
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    console.print(f"serving {workdir} on {url} (OpenAPI: {url}/docs); token "
+                  f"{'required' if token else 'not set'}. Ctrl-C to stop.")
+    try:
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        console.print("stopping...")
+        stop(shared_cluster=bool(ray_address))
+        import ray
+
+        ray.shutdown()

@@ -1,13 +1,15 @@
 """Which hospital or machine a scan came from, and taking that style out of its embedding.
 
 Generic image features group scans by hospital before anatomy (../shared/data/README.md): each
-machine renders its own size, fan shape, grey map and speckle grain. When the archive names the
-site (manifest column, DICOM InstitutionName) that is used; otherwise scans are grouped by
-*style statistics* that say much about the machine and little about the anatomy (frame size,
-fan geometry, grey-level distribution, speckle texture), clustered with the number of groups
-chosen by silhouette. The clustering space is then the embedding centred per site: the mean
-vector of a site is mostly its style, so subtracting it leaves what differs between scans of
-one machine, which is the view.
+machine renders its own frame size, fan shape, grey map and speckle grain. When the archive
+names the site (manifest column, DICOM InstitutionName) that is used. Otherwise scans are put in
+*style groups*: first by the size of the exported frame, which a machine and its preset fix
+whatever the probe points at (on the five-hospital african-planes set it recovers the hospital
+exactly, where pixel statistics reach NMI 0.3-0.8); where every frame has the same size, by
+pixel style instead (fan geometry, grey levels, speckle). The number of groups is chosen by
+silhouette, and no split at all is made without clear structure. The clustering space is then
+the embedding centred per site: a site's mean vector is mostly its style, so subtracting it
+leaves what differs between scans of one machine, which is mostly the view.
 """
 
 from __future__ import annotations
@@ -24,34 +26,38 @@ from fusc_lib.augment import fan_area
 
 HISTOGRAM_BINS = 16
 MAX_SITES = 10
-MIN_SCANS_PER_SITE = 5  # smaller style groups are merged into their nearest neighbour
+MIN_SCANS_PER_SITE = 5  # a smaller group would centre a handful of scans on themselves
+MIN_SILHOUETTE = 0.25  # below this, no split: one group
+FRAME_SIZE = [0, 1]  # columns of `style_features`: log width, log height
+PIXEL_STYLE = list(range(2, 2 + 9 + 3 + HISTOGRAM_BINS))  # fan geometry, grey, texture, histogram
 
 
 def style_features(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Machine-style statistics of one stored scan (uint8 square, black outside the fan) and
     its original frame size: what a hospital's machine decides, not what the probe points at."""
     fan = fan_area(image).astype(bool)
-    inside = image[fan] if fan.any() else image.ravel()
-    histogram = np.histogram(inside, bins=HISTOGRAM_BINS, range=(0, 256))[0] / max(inside.size, 1)
-    rows, cols = np.nonzero(fan) if fan.any() else (np.array([0]), np.array([0]))
+    if not fan.any():
+        fan = np.ones_like(fan)
+    inside = image[fan]
+    histogram = np.histogram(inside, bins=HISTOGRAM_BINS, range=(0, 256))[0] / inside.size
+    rows, cols = np.nonzero(fan)
     side = image.shape[0]
-    top = fan[rows.min()] if fan.any() else fan[0]
-    texture = np.abs(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F))[fan].mean() \
-        if fan.any() else 0.0
-    geometry = [np.log(width), np.log(height), np.log(width / height), fan.mean(),
-                rows.min() / side, rows.max() / side, cols.min() / side, cols.max() / side,
-                top.mean()]
+    texture = np.abs(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F))[fan].mean()
+    geometry = [fan.mean(), rows.min() / side, rows.max() / side, cols.min() / side,
+                cols.max() / side, fan[rows.min()].mean(), fan[rows.max()].mean(),
+                fan[:, cols.min()].mean(), fan[:, cols.max()].mean()]
     grey = [inside.mean() / 255, inside.std() / 255, texture / 255]
-    return np.asarray(geometry + grey + list(np.sqrt(histogram)), dtype=np.float32)
+    return np.asarray([np.log(width), np.log(height), *geometry, *grey,
+                       *np.sqrt(histogram)], dtype=np.float32)
 
 
 @dataclass
 class SiteModel:
-    """Style groups learnt from scans without a named site: standardisation and centroids.
+    """Style groups of scans without a named site: which feature columns, their
+    standardisation, and the group centroids. `predict` puts any scan, including one served
+    online, in the group of the nearest centroid."""
 
-    `predict` puts a new scan (served online) in the group of the nearest centroid.
-    """
-
+    columns: list[int]
     mean: np.ndarray
     scale: np.ndarray
     centroids: np.ndarray
@@ -61,36 +67,47 @@ class SiteModel:
         return len(self.centroids)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        z = (np.atleast_2d(features) - self.mean) / self.scale
+        z = (np.atleast_2d(features)[:, self.columns] - self.mean) / self.scale
         distances = ((z[:, None, :] - self.centroids[None]) ** 2).sum(axis=2)
         return distances.argmin(axis=1)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "centroids": self.centroids.tolist()}
+        return {"columns": self.columns, "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "centroids": self.centroids.tolist()}
 
     @classmethod
     def from_dict(cls, data: dict) -> SiteModel:
-        return cls(*(np.asarray(data[key], dtype=np.float64)
-                     for key in ("mean", "scale", "centroids")))
+        return cls(list(data["columns"]), *(np.asarray(data[key], dtype=np.float64)
+                                            for key in ("mean", "scale", "centroids")))
 
 
 def fit_site_model(features: np.ndarray, *, max_sites: int = MAX_SITES, seed: int = 0
                    ) -> SiteModel:
-    """Cluster standardised style features; the number of groups (1..max_sites) is the one with
-    the best silhouette, and one group when no split reaches a clear structure."""
-    mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
-    z = (features - mean) / scale
-    best, best_score = z.mean(axis=0, keepdims=True), 0.15  # below this: no clear groups
-    for k in range(2, min(max_sites, len(z) // MIN_SCANS_PER_SITE) + 1):
-        model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(z)
-        if np.bincount(model.labels_).min() < MIN_SCANS_PER_SITE:
+    """Style groups by frame size; by pixel style where frame size finds no groups."""
+    model = _fit_groups(features, FRAME_SIZE, max_sites, seed)
+    if model.n_sites == 1:
+        model = _fit_groups(features, PIXEL_STYLE, max_sites, seed)
+    return model
+
+
+def _fit_groups(features: np.ndarray, columns: list[int], max_sites: int, seed: int
+                ) -> SiteModel:
+    """k-means on the standardised columns with the k (2..max_sites) of best silhouette, or
+    one group when no k reaches MIN_SILHOUETTE or every k leaves a group too small."""
+    x = features[:, columns].astype(np.float64)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - mean) / scale
+    best, best_score = z.mean(axis=0, keepdims=True), MIN_SILHOUETTE
+    distinct = len(np.unique(z.round(6), axis=0))
+    for k in range(2, min(max_sites, distinct, len(z) // MIN_SCANS_PER_SITE) + 1):
+        fitted = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(z)
+        if np.bincount(fitted.labels_).min() < MIN_SCANS_PER_SITE:
             continue
-        score = silhouette_score(z, model.labels_, random_state=seed,
+        score = silhouette_score(z, fitted.labels_, random_state=seed,
                                  sample_size=min(len(z), 5000))
         if score > best_score:
-            best, best_score = model.cluster_centers_, score
-    return SiteModel(mean, scale, best)
+            best, best_score = fitted.cluster_centers_, score
+    return SiteModel(columns, mean, scale, best)
 
 
 def resolve_sites(given: Sequence[str | None], features: np.ndarray, *, seed: int = 0
@@ -104,8 +121,14 @@ def resolve_sites(given: Sequence[str | None], features: np.ndarray, *, seed: in
         return list(given), inferred, None
     model = fit_site_model(features[inferred], seed=seed)
     groups = iter(model.predict(features[inferred]))
-    sites = [f"style-{next(groups)}" if missing else site for site, missing in zip(given, inferred)]
+    sites = [site_name(next(groups)) if missing else site
+             for site, missing in zip(given, inferred)]
     return sites, inferred, model
+
+
+def site_name(group: int) -> str:
+    """The site name of an inferred style group (as stored in the `sites` table)."""
+    return f"style-{group}"
 
 
 @dataclass

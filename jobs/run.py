@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     ssl: SSLConfig = Field(default_factory=SSLConfig)
     model: str | None = Field(None, description="Embed with this model instead of training "
                                                 "one (pretrained:<backbone> or an SSL run).")
-    views: int = Field(10, ge=1, description="Augmented views averaged per scan.")
+    views: int = Field(20, ge=1, description="Augmented views averaged per scan.")
     k: int = Field(DEFAULT_K, ge=1)
     heads: int = Field(10, ge=1)
     cluster_epochs: int = Field(100, ge=1)

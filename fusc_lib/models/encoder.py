@@ -23,7 +23,7 @@ from fusc_lib.models.backbones import ENCODER_INFO, RANDOM, Backbone, create_bac
 
 WEIGHTS = "backbone.pt"
 # Test-time views: most of the fan, mild tilt and rendering changes.
-TEST_VIEW = {"scale": (0.5, 1.0), "max_degrees": 15.0, "strength": 0.5}
+TEST_VIEW = {"scale": (0.5, 1.0), "max_degrees": 10.0, "strength": 0.5}
 
 
 class Encoder(nn.Module):
