@@ -7,7 +7,7 @@ clients (a bounded asyncio client, aiohttp) with p50/p99 latency; then a soak at
 reporting 5xx answers and the RSS of the Serve processes (replicas, proxy, controller) at start
 and end. The workdir is built by `fusc run` from the shared images unless --workdir is given.
 
-    .venv/bin/python -m bench.serve [--soak-minutes 10] [--workdir W] [--views 10]
+    .venv/bin/python -m bench.serve [--soak-minutes 10] [--workdir W] [--views N]
 """
 
 from __future__ import annotations
@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--workdir", help="A finished workdir [default: built from the shared "
                                           "images by `fusc run`].")
     parser.add_argument("--images", type=int, default=48, help="Scans in the built workdir.")
-    parser.add_argument("--views", type=int, default=10, help="Views per scan (fusc run's).")
+    parser.add_argument("--views", type=int, default=RunConfig.model_fields["views"].default,
+                        help="Views averaged per scan [default: fusc run's].")
     parser.add_argument("--seconds", type=float, default=20, help="Per client count.")
     parser.add_argument("--soak-minutes", type=float, default=10)
     args = parser.parse_args()

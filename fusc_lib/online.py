@@ -23,7 +23,7 @@ from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.io import BadInput, content_id, decode, frame_id
 from fusc_lib.models.encoder import Encoder
 from fusc_lib.preprocess import PREPROCESS_FILE, PreparedFrame, PreprocessConfig, Preprocessor
-from fusc_lib.sites import style_features
+from fusc_lib.sites import site_name, style_features
 from fusc_lib.store import Workdir
 from jobs.embed import EmbedConfig, build_encoder, parse_embedding_key
 from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SCANS
@@ -75,6 +75,7 @@ class OnlineClusterer:
         self.workdir = Workdir(workdir_root)
         self.device = device
         self.pinned = version
+        self._reload_lock = threading.Lock()  # the watcher and a reconfigure may both reload
         self._version = self._load(version or current_version(self.workdir))
         stored = self.workdir.read_json(PREPROCESS_FILE)
         if stored is None:
@@ -117,11 +118,12 @@ class OnlineClusterer:
         The new version is loaded completely before it replaces the old one, so requests never
         see half a model; a batch already running finishes with the version it started with.
         """
-        wanted = self.pinned or current_version(self.workdir)
-        if wanted == self.model.version:
-            return False
-        self._version = self._load(wanted)
-        return True
+        with self._reload_lock:
+            wanted = self.pinned or current_version(self.workdir)
+            if wanted == self.model.version:
+                return False
+            self._version = self._load(wanted)
+            return True
 
     def info(self) -> dict:
         model = self.model
@@ -194,7 +196,7 @@ class OnlineClusterer:
             return None
         height, width = frame.shape[:2]
         group = site_model.predict(style_features(prepared.pixels, width, height))[0]
-        return f"style-{group}"
+        return site_name(int(group))
 
     def classify(self, scan: EmbeddedScan) -> dict:
         """The response of /v1/cluster for an embedded scan."""

@@ -157,3 +157,21 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, data_dir, 
     assert by_stage["embed"].detail.startswith("0 embedded")
     assert (run_dir / "backbone.pt").stat().st_mtime == trained_at
     assert sum(summary.sizes) == store.table(SCANS).count_rows() == 12
+
+
+def test_over_clustering_and_a_rejected_self_label_keep_a_usable_current_model(finished):
+    """C far above the number of views trains; self-label that cannot help leaves the input."""
+    from jobs.cluster import ClusterConfig, run_cluster
+    from jobs.self_label import SelfLabelConfig, run_self_label
+
+    store, config, summary, _ = finished
+    before = current_version(store)
+    over = run_cluster(store, ClusterConfig(embedding=f"{PRETRAINED}~views2", clusters=12,
+                                            heads=2, epochs=10))
+    assert ClusterModel.load(store).n_clusters == 12 and sum(over.sizes) == 16
+    # A threshold no head reaches in 1 epoch at a tiny step: nothing to learn from but the
+    # lent samples; whatever the verdict, the current model is a loadable 12-cluster model.
+    outcome = run_self_label(store, SelfLabelConfig(threshold=1.0, epochs=1, lr=1e-6))
+    assert ClusterModel.load(store).version == (outcome.version if outcome.accepted
+                                                else over.version)
+    store.write_json({"version": before}, "models", "cluster", "current.json")
