@@ -124,7 +124,10 @@ def embed(
              "ImageNet features [default: the newest SSL run].")] = None,
     input_size: Annotated[int, typer.Option(
         help="Input size for pretrained:<backbone> (SSL runs use their own).")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    views: Annotated[int, typer.Option(
+        help="Views averaged per scan: 1 = the plain image; more add seeded augmented views "
+             "(what clustering uses: 20).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Scans per forward pass.")] = 64,
     concurrency: Annotated[int | None, typer.Option(
         help="Model replicas [default: one per CPU, or one per GPU with --use-gpu].")] = None,
     use_gpu: Annotated[bool, typer.Option(help="Run each replica on a GPU.")] = False,
@@ -141,8 +144,8 @@ def embed(
 
     store = Workdir(workdir)
     try:
-        config = EmbedConfig(model=model, input_size=input_size, batch_size=batch_size,
-                             concurrency=concurrency, use_gpu=use_gpu)
+        config = EmbedConfig(model=model, input_size=input_size, views=views,
+                             batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu)
         summary = run_embed(store, config, ray_address)
     except ValueError as error:
         _fail(str(error))
@@ -224,16 +227,16 @@ def _print_representation_report(store, labels: list[Path], run_dir: str) -> Non
 
 EmbeddingOption = Annotated[str | None, typer.Option(
     "--embedding", help="embeddings.model_run to use, as `fusc embed` printed it "
-                        "[default: the newest SSL run].")]
+                        "[default: the one embedded last].")]
 ModelVersionOption = Annotated[str | None, typer.Option(
     "--model", help="Cluster model version under <workdir>/models/cluster/ "
                     "[default: the current one].")]
 
 
 def _embedding(store, embedding: str | None) -> str:
-    from jobs.embed import resolve_model
+    from jobs._vectors import latest_embedding
 
-    return embedding or resolve_model(store, None)
+    return embedding or latest_embedding(store)
 
 
 @app.command()
@@ -284,13 +287,22 @@ def cluster(
     embedding: EmbeddingOption = None,
     heads: Annotated[int, typer.Option(help="Heads trained together.")] = 10,
     entropy_weight: Annotated[float, typer.Option(help="λ of the entropy term.")] = 5.0,
-    epochs: Annotated[int, typer.Option()] = 100,
+    epochs: Annotated[int, typer.Option(help="Epochs of the heads.")] = 100,
+    mode: Annotated[str, typer.Option(
+        help="frozen: heads on the stored embeddings (fast, CPU); network: first fine-tune the "
+             "backbone with the heads on neighbour pairs (Ray Train, the paper's mode).")
+    ] = "frozen",
+    network_epochs: Annotated[int, typer.Option(help="Network mode: fine-tuning epochs.")] = 10,
+    workers: Annotated[int, typer.Option(help="Network mode: Ray Train workers.")] = 1,
+    use_gpu: Annotated[bool, typer.Option(help="Network mode: one GPU per worker.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
 ) -> None:
-    """Train the FUSC cluster heads on the frozen, site-centred embeddings.
+    """Train the FUSC cluster heads on the site-centred embeddings.
 
-    Several heads train together; the lowest-loss one becomes the current cluster model.
+    Several heads train together; the lowest-loss one becomes the current cluster model. With
+    --mode network the backbone is fine-tuned with the heads first and the scans re-embedded.
     """
     from fusc_lib.store import Workdir
     from jobs.cluster import ClusterConfig, run_cluster
@@ -299,8 +311,9 @@ def cluster(
     try:
         config = ClusterConfig(embedding=_embedding(store, embedding), clusters=clusters,
                                heads=heads, entropy_weight=entropy_weight, epochs=epochs,
-                               seed=seed)
-        summary = run_cluster(store, config)
+                               seed=seed, mode=mode, network_epochs=network_epochs,
+                               workers=workers, use_gpu=use_gpu)
+        summary = run_cluster(store, config, ray_address)
     except ValueError as error:
         _fail(str(error))
     console.print(f"model {summary.version}: head {summary.head_index} kept (loss "
@@ -396,6 +409,12 @@ def run(
     views: Annotated[int, typer.Option(help="Augmented views averaged per scan.")] = 20,
     k: Annotated[int, typer.Option(help="Neighbours per scan.")] = 20,
     cluster_epochs: Annotated[int, typer.Option(help="Epochs of the cluster heads.")] = 100,
+    cluster_mode: Annotated[str, typer.Option(
+        help="frozen (CPU default) | network (fine-tune the backbone with the heads; GPU).")
+    ] = "frozen",
+    workers: Annotated[int | None, typer.Option(
+        help="Ray Train workers for SSL and network clustering [default: the profile's].")
+    ] = None,
     self_label: Annotated[bool, typer.Option(help="Run the self-labeling stage.")] = True,
     seed: Annotated[int, typer.Option()] = 0,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
@@ -413,10 +432,11 @@ def run(
 
     store = Workdir(workdir)
     try:
-        ssl = SSLConfig.from_profile(profile, epochs=ssl_epochs, image_size=image_size, seed=seed)
+        ssl = SSLConfig.from_profile(profile, epochs=ssl_epochs, image_size=image_size,
+                                     workers=workers, seed=seed)
         config = RunConfig(paths=paths or [], manifest=manifest, clusters=clusters, ssl=ssl,
                            model=model, views=views, k=k, cluster_epochs=cluster_epochs,
-                           self_label=self_label, seed=seed)
+                           cluster_mode=cluster_mode, self_label=self_label, seed=seed)
         summary = run_all(store, config, ray_address, echo=_print_stage)
     except ValueError as error:
         _fail(str(error))

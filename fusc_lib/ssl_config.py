@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-MethodName = Literal["simclr", "dino"]
+MethodName = Literal["simclr", "dino", "fusc"]
 
 
 class SSLConfig(BaseModel):
@@ -20,7 +20,8 @@ class SSLConfig(BaseModel):
     profile: str = Field("quick", description="Profile the defaults came from (recorded only).")
     run_name: str | None = Field(None, description="Folder under models/ssl/; None: "
                                                    "<method>-<backbone>.")
-    method: MethodName = Field("simclr", description="Self-supervised method.")
+    method: MethodName = Field("simclr", description="Self-supervised method; `fusc` is stage 2 "
+                                                     "on the full network (neighbour pairs).")
     backbone: str = Field("efficientnet_lite0", description="timm architecture name.")
     init: str = Field("imagenet", description="random | imagenet (local weights) | a state-dict "
                                               "file.")
@@ -38,6 +39,11 @@ class SSLConfig(BaseModel):
     dino_momentum: float = Field(0.996, ge=0, le=1, description="Teacher EMA momentum at "
                                                                 "the start (cosine to 1).")
     teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature.")
+    fusc_clusters: int = Field(10, ge=2, description="fusc (full-network clustering): clusters.")
+    fusc_heads: int = Field(10, ge=1, description="fusc: heads trained together.")
+    entropy_weight: float = Field(5.0, ge=0, description="fusc: λ of the entropy term.")
+    neighbors_of: str | None = Field(None, description="fusc: embeddings.model_run whose mined "
+                                                       "neighbours pair the scans.")
     workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel replicas).")
     cpus_per_worker: float | None = Field(None, gt=0, description="CPUs each worker reserves; "
                                           "None: 1, or less where the cluster would otherwise "
@@ -49,6 +55,13 @@ class SSLConfig(BaseModel):
     @property
     def run(self) -> str:
         return self.run_name or f"{self.method}-{self.backbone}"
+
+    def fitted_to(self, scans: int) -> SSLConfig:
+        """This config, with the batch lowered to what `scans` scans can fill (a small archive
+        trains on one batch of all of it)."""
+        if scans >= self.batch_size:
+            return self
+        return self.model_copy(update={"batch_size": max(2, scans // 2 * 2)})
 
     @classmethod
     def from_profile(cls, name: str, **overrides) -> SSLConfig:

@@ -27,13 +27,15 @@ LOSS_COLUMNS = ("epoch", "loss", "images_per_s", "seconds")
 
 
 def view_columns(batch: dict[str, np.ndarray], views: ViewMaker) -> dict[str, np.ndarray]:
-    """A batch of stored scans (`image` PNG bytes) -> `view0`, `view1`, ... (N, 3, S, S) float32.
+    """A batch of stored scans (`image` PNG bytes, and `neighbor` for neighbour pairs) ->
+    `view0`, `view1`, ... (N, 3, S, S) float32.
 
     Each call draws fresh randomness from the OS, so every epoch and every data worker sees
     different views.
     """
     rng = np.random.default_rng()
-    per_image = [views(decode_png(data), rng) for data in batch["image"]]
+    columns = [batch[name] for name in ("image", "neighbor") if name in batch]
+    per_image = [views(*(decode_png(data) for data in row), rng) for row in zip(*columns)]
     return {f"view{i}": torch.stack([v[i] for v in per_image]).numpy()
             for i in range(len(per_image[0]))}
 

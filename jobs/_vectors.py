@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 
 from fusc_lib.sites import SiteCentering
 from fusc_lib.store import Workdir
@@ -22,6 +23,17 @@ class ClusteringSpace:
     sites: list[str]
     centering: SiteCentering
     vectors: np.ndarray  # (N, D) centred per site, unit length: what stages 2-3 use
+
+
+def latest_embedding(workdir: Workdir) -> str:
+    """The embedding key written last (what a stage uses when none is named)."""
+    if not workdir.has_table(EMBEDDINGS):
+        raise ValueError("no embeddings in this workdir: run `fusc embed` first")
+    table = workdir.table(EMBEDDINGS).to_lance().to_table(columns=["model_run", "embedded_at"])
+    if not table.num_rows:
+        raise ValueError("no embeddings in this workdir: run `fusc embed` first")
+    newest = pc.index(table.column("embedded_at"), pc.max(table.column("embedded_at"))).as_py()
+    return table.column("model_run")[newest].as_py()
 
 
 def load_embeddings(workdir: Workdir, embedding: str) -> tuple[list[str], np.ndarray]:

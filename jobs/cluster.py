@@ -1,24 +1,39 @@
-"""`fusc cluster`: stage 2, the FUSC heads on frozen embeddings, saved as a cluster model.
+"""`fusc cluster`: stage 2, the FUSC heads, saved as the current cluster model version.
 
-Reads the clustering space (embeddings centred per site) and the mined neighbours, trains
-`heads` linear heads together on the FUSC loss and keeps the lowest-loss one
-(`fusc_lib.clustering`). The result becomes the current cluster model version.
+Frozen mode (default, fast on CPU): reads the clustering space (embeddings centred per site) and
+the mined neighbours, trains `heads` linear heads together on the FUSC loss and keeps the
+lowest-loss one (`fusc_lib.clustering`).
+
+Network mode (the paper's): first the backbone and the heads train together on augmented
+neighbour pairs with Ray Train (`fusc_lib.models.fusc_network`, through the SSL training job:
+workers, GPU, checkpoints and resume as there); the fine-tuned backbone is saved as a model
+run `<ssl run>-fusc<C>`, the scans are embedded with it, their neighbours mined again, and the
+frozen heads trained on that space, so assignment and serving read one kind of model.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from time import monotonic
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from fusc_lib.artifacts import exists, read_bytes
 from fusc_lib.cluster_model import ClusterModel, new_version
 from fusc_lib.clustering import DEFAULT_EPOCHS, DEFAULT_LR, train_cluster_heads
+from fusc_lib.models.backbones import ENCODER_INFO
+from fusc_lib.models.encoder import WEIGHTS
+from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs._vectors import clustering_space
-from jobs.neighbors import load_neighbors
+from jobs.embed import PRETRAINED_PREFIX, EmbedConfig, embedding_key, parse_embedding_key, run_embed
+from jobs.neighbors import DEFAULT_K, load_neighbors, run_neighbors
 from jobs.sites import load_site_model
+from jobs.train_ssl import CONFIG_FILE, run_train_ssl
+from schemas.tables import SCANS
 
 
 class ClusterConfig(BaseModel):
@@ -33,6 +48,15 @@ class ClusterConfig(BaseModel):
     lr: float = Field(DEFAULT_LR, gt=0)
     batch_size: int = Field(128, ge=2)
     seed: int = 0
+    mode: Literal["frozen", "network"] = Field("frozen", description="frozen: heads on the "
+                                               "stored embeddings; network: fine-tune the "
+                                               "backbone with the heads first (Ray Train).")
+    network_epochs: int = Field(10, ge=1, description="network mode: epochs of fine-tuning.")
+    network_lr: float = Field(1e-4, gt=0, description="network mode: Adam step (SCAN's).")
+    network_batch_size: int = Field(64, ge=2, description="network mode: global batch.")
+    k: int = Field(DEFAULT_K, ge=1, description="network mode: neighbours mined again.")
+    workers: int = Field(1, ge=1, description="network mode: Ray Train workers.")
+    use_gpu: bool = False
 
 
 @dataclass
@@ -45,8 +69,12 @@ class ClusterSummary:
     seconds: float
 
 
-def run_cluster(workdir: Workdir, config: ClusterConfig) -> ClusterSummary:
+def run_cluster(workdir: Workdir, config: ClusterConfig,
+                ray_address: str | None = None) -> ClusterSummary:
     started = monotonic()
+    if config.mode == "network":
+        embedding = fine_tune_backbone(workdir, config, ray_address)
+        config = config.model_copy(update={"embedding": embedding, "mode": "frozen"})
     space = clustering_space(workdir, config.embedding)
     if config.clusters > len(space.image_ids):
         raise ValueError(f"{config.clusters} clusters for {len(space.image_ids)} scans")
@@ -58,7 +86,43 @@ def run_cluster(workdir: Workdir, config: ClusterConfig) -> ClusterSummary:
     sizes = np.bincount(result.assignments, minlength=config.clusters).tolist()
     model = ClusterModel(version=new_version(config.clusters), embedding=config.embedding,
                          centering=space.centering, site_model=load_site_model(workdir),
-                         head=result, notes={"stage": "cluster", "sizes": sizes})
+                         head=result, notes={"stage": "cluster", "sizes": sizes,
+                                             "config": config.model_dump()})
     model.save(workdir)
     return ClusterSummary(model.version, len(space.image_ids), sizes, result.head_index,
                           result.head_losses[result.head_index].total, monotonic() - started)
+
+
+def fine_tune_backbone(workdir: Workdir, config: ClusterConfig, ray_address: str | None) -> str:
+    """Network mode: FUSC-train backbone + heads on neighbour pairs, embed with the result and
+    mine its neighbours; returns the new embedding key. A finished fine-tune is reused and a
+    killed one resumed."""
+    ssl = network_config(workdir, config)
+    folder = workdir.ssl_run_dir(ssl.run)
+    if not exists(f"{folder}/{ENCODER_INFO}"):
+        run_train_ssl(workdir, ssl, ray_address, resume=exists(f"{folder}/{CONFIG_FILE}"))
+    views = parse_embedding_key(config.embedding)[1]
+    run_embed(workdir, EmbedConfig(model=ssl.run, views=views, use_gpu=config.use_gpu),
+              ray_address)
+    embedding = embedding_key(ssl.run, views)
+    run_neighbors(workdir, embedding, config.k)
+    return embedding
+
+
+def network_config(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
+    """The training config of network mode, starting from the embedding's backbone."""
+    model, _ = parse_embedding_key(config.embedding)
+    if model.startswith(PRETRAINED_PREFIX):
+        backbone, init, size = model.removeprefix(PRETRAINED_PREFIX), "imagenet", 128
+    else:
+        info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
+        backbone, size = info["backbone"], info["input_size"]
+        init = f"{workdir.ssl_run_dir(model)}/{WEIGHTS}"
+    return SSLConfig(profile="fusc-network", run_name=f"{model.replace(':', '-')}-fusc"
+                     f"{config.clusters}", method="fusc", backbone=backbone, init=init,
+                     image_size=size, epochs=config.network_epochs, lr=config.network_lr,
+                     batch_size=config.network_batch_size, strength=0.5,
+                     fusc_clusters=config.clusters, fusc_heads=config.heads,
+                     entropy_weight=config.entropy_weight, neighbors_of=config.embedding,
+                     workers=config.workers, use_gpu=config.use_gpu, seed=config.seed
+                     ).fitted_to(workdir.table(SCANS).count_rows())

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -50,6 +51,7 @@ class RunConfig(BaseModel):
     k: int = Field(DEFAULT_K, ge=1)
     heads: int = Field(10, ge=1)
     cluster_epochs: int = Field(100, ge=1)
+    cluster_mode: Literal["frozen", "network"] = "frozen"
     self_label: bool = True
     threshold: float = Field(0.99, gt=0, le=1)
     seed: int = 0
@@ -104,8 +106,10 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
           {"embeddings": _version(workdir, EMBEDDINGS), "sites": _version(workdir, SITES),
            "embedding": embedding, "k": config.k})
     cluster = ClusterConfig(embedding=embedding, clusters=config.clusters, heads=config.heads,
-                            epochs=config.cluster_epochs, seed=config.seed)
-    stage("cluster", lambda: _cluster(workdir, cluster),
+                            epochs=config.cluster_epochs, seed=config.seed, k=config.k,
+                            mode=config.cluster_mode, workers=config.ssl.workers,
+                            use_gpu=config.ssl.use_gpu)
+    stage("cluster", lambda: _cluster(workdir, cluster, ray_address),
           {"neighbors": _version(workdir, NEIGHBORS), **cluster.model_dump()})
     if config.self_label:
         self_label = SelfLabelConfig(threshold=config.threshold, seed=config.seed)
@@ -138,9 +142,7 @@ def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str
 
 def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str:
     resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{CONFIG_FILE}")
-    scans = workdir.table(SCANS).count_rows()
-    if scans < ssl.batch_size:  # a small archive: one batch of all of it
-        ssl = ssl.model_copy(update={"batch_size": max(2, scans // 2 * 2)})
+    ssl = ssl.fitted_to(workdir.table(SCANS).count_rows())
     result = run_train_ssl(workdir, ssl, ray_address, resume=resume)
     return f"{result['epochs']} epochs, final loss {result['final_loss']}" + \
         (" (resumed)" if resume else "")
@@ -163,8 +165,8 @@ def _neighbors(workdir: Workdir, embedding: str, k: int) -> str:
     return f"k = {result.k}, {result.index}"
 
 
-def _cluster(workdir: Workdir, config: ClusterConfig) -> str:
-    result = run_cluster(workdir, config)
+def _cluster(workdir: Workdir, config: ClusterConfig, ray_address: str | None) -> str:
+    result = run_cluster(workdir, config, ray_address)
     workdir.write_json({"version": result.version}, "stages", f"{CLUSTER_OUTPUT}.json")
     return f"model {result.version}, head {result.head_index}, sizes {result.sizes}"
 

@@ -16,6 +16,10 @@ import tempfile
 import threading
 import time
 
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.train
 import ray.train.torch
@@ -36,7 +40,7 @@ from fusc_lib.ssl_training import (
 )
 from fusc_lib.store import Workdir
 from jobs._ray import cluster_cpus, connect
-from schemas.tables import SCANS
+from schemas.tables import NEIGHBORS, SCANS
 
 CONFIG_FILE = "config.json"
 LOSS_FILE = "loss.csv"
@@ -61,9 +65,8 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
                          "(lower --batch-size or ingest more)")
     backbone = create_backbone(config.backbone, config.init, config.image_size)
     connect(ray_address)
-    # --- Ray Data: stream the stored PNGs, make the views on CPU workers ---
-    dataset = (ray.data.read_lance(workdir.table_uri(SCANS), columns=["image"])
-               .randomize_block_order()
+    # --- Ray Data: stream the stored PNGs (or neighbour pairs), make the views on CPU workers ---
+    dataset = (_scan_rows(workdir, config).randomize_block_order()
                .map_batches(view_columns, fn_kwargs={"views": create_views(config, backbone)},
                             batch_size=per_worker_batch, batch_format="numpy"))
     # --- Ray Train: the loop below on each worker, DDP between them ---
@@ -88,6 +91,35 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
             "final_loss": history[-1]["loss"] if history else None,
             "images_per_s": history[-1]["images_per_s"] if history else None,
             "seconds": round(time.monotonic() - started, 1)}
+
+
+def _scan_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
+    """`image` per scan; for `fusc`, also the `neighbor` image of one of its mined neighbours,
+    drawn anew on every pass."""
+    if config.method != "fusc":
+        return ray.data.read_lance(workdir.table_uri(SCANS), columns=["image"])
+    if not config.neighbors_of:
+        raise ValueError("method fusc needs neighbors_of: the embedding whose neighbours to use")
+    scans = workdir.table(SCANS)
+    if not any(index.columns == ["image_id"] for index in scans.list_indices()):
+        scans.create_scalar_index("image_id")  # each batch looks its images up by id
+    return (ray.data.read_lance(workdir.table_uri(NEIGHBORS),
+                                columns=["image_id", "neighbor_ids"],
+                                filter=f"model_run = '{config.neighbors_of}'")
+            .map_batches(neighbour_pairs, fn_kwargs={"scans_uri": scans.uri},
+                         batch_format="pyarrow"))
+
+
+def neighbour_pairs(batch: pa.Table, scans_uri: str) -> pa.Table:
+    """Rows of `neighbors` -> the stored image of each scan and of one random neighbour."""
+    rng = np.random.default_rng()
+    anchors = batch.column("image_id").to_pylist()
+    partners = [ids[rng.integers(len(ids))] for ids in batch.column("neighbor_ids").to_pylist()]
+    found = lance.dataset(scans_uri).to_table(
+        columns=["image_id", "image"], filter=pc.field("image_id").isin(anchors + partners))
+    image = dict(zip(found.column("image_id").to_pylist(), found.column("image").to_pylist()))
+    return pa.table({"image": pa.array([image[i] for i in anchors], pa.binary()),
+                     "neighbor": pa.array([image[i] for i in partners], pa.binary())})
 
 
 def _run_config(workdir: Workdir, config: SSLConfig, resume: bool) -> SSLConfig:

@@ -175,3 +175,24 @@ def test_over_clustering_and_a_rejected_self_label_keep_a_usable_current_model(f
     assert ClusterModel.load(store).version == (outcome.version if outcome.accepted
                                                 else over.version)
     store.write_json({"version": before}, "models", "cluster", "current.json")
+
+
+def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
+    """The paper's mode: backbone + heads on augmented neighbour pairs (2 Ray Train workers),
+    then embedding, neighbours and heads again on the fine-tuned backbone."""
+    from jobs.cluster import ClusterConfig, run_cluster
+
+    store, *_ = finished
+    before = current_version(store)
+    summary = run_cluster(store, ClusterConfig(
+        embedding=f"{PRETRAINED}~views2", clusters=3, heads=2, epochs=10, mode="network",
+        network_epochs=2, k=5, workers=2))
+    run = "pretrained-efficientnet_lite0-fusc3"
+    history = (Path(store.ssl_run_dir(run)) / "loss.csv").read_text().splitlines()
+    assert len(history) == 1 + 2 and (Path(store.ssl_run_dir(run)) / "backbone.pt").exists()
+    model = ClusterModel.load(store)
+    assert model.version == summary.version and model.embedding == f"{run}~views2"
+    assert sum(summary.sizes) == store.table(SCANS).count_rows()
+    neighbors = store.table(NEIGHBORS).to_lance().to_table(filter=f"model_run = '{run}~views2'")
+    assert neighbors.num_rows == store.table(SCANS).count_rows()
+    store.write_json({"version": before}, "models", "cluster", "current.json")

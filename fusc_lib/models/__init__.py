@@ -6,11 +6,13 @@ import torch
 
 from fusc_lib.models.backbones import Backbone, create_backbone
 from fusc_lib.models.dino import DINO
+from fusc_lib.models.fusc_network import FUSCNetwork
 from fusc_lib.models.simclr import SimCLR
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
 from fusc_lib.ssl_config import SSLConfig
 
-METHODS: dict[str, type[SimCLR | DINO]] = {"simclr": SimCLR, "dino": DINO}
+METHODS: dict[str, type[SimCLR | DINO | FUSCNetwork]] = {"simclr": SimCLR, "dino": DINO,
+                                                          "fusc": FUSCNetwork}
 
 
 def create_method(config: SSLConfig) -> SSLMethod:

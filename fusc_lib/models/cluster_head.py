@@ -27,14 +27,3 @@ def best_head(losses: Sequence[float]) -> int:
     """Index of the head with the lowest loss (the first, on ties)."""
     return min(range(len(losses)), key=lambda i: float(losses[i]))
 
-
-class ClusterModel(nn.Module):
-    """A backbone (or `nn.Identity()` on frozen embeddings) followed by the heads."""
-
-    def __init__(self, backbone: nn.Module, multi_head: MultiHead):
-        super().__init__()
-        self.backbone = backbone
-        self.multi_head = multi_head
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.multi_head(self.backbone(images))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from fusc_lib.models.backbones import Backbone
 
-# image uint8 HxW, random generator -> the views of that image, as the method expects them
-ViewMaker = Callable[[np.ndarray, np.random.Generator], list[torch.Tensor]]
+# (image uint8 HxW[, its neighbour], random generator) -> the views the method expects
+ViewMaker = Callable[..., list[torch.Tensor]]
 
 
 class SSLMethod(nn.Module):
