@@ -19,34 +19,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import normalized_mutual_info_score
 
 from fusc_lib.cluster_model import ClusterModel
-from fusc_lib.diagnostics import read_labels
-from fusc_lib.metrics import kmeans_clusters, score_clusters
+from fusc_lib.diagnostics import assigned_clusters, clustering_scores, labels_of, read_labels
+from fusc_lib.metrics import kmeans_clusters
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs._vectors import clustering_space
 from jobs.run import RunConfig, run_all
-from schemas.tables import ASSIGNMENTS, SCANS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def labelled(store: Workdir, labels: dict[str, tuple[str, str]], image_ids: list[str]
-             ) -> tuple[list[str], list[str]]:
-    """(views, sites) of the given scans, by the file name of their source."""
-    scans = store.table(SCANS).to_lance().to_table(columns=["image_id", "source_uri"])
-    name = dict(zip(scans.column("image_id").to_pylist(),
-                    (Path(u).name for u in scans.column("source_uri").to_pylist())))
-    pairs = [labels[name[i]] for i in image_ids]
-    return [view for view, _ in pairs], [site for _, site in pairs]
-
-
-def score(views: list[str], sites: list[str], clusters: np.ndarray) -> dict[str, float]:
-    scores = score_clusters(views, clusters).as_dict()
-    scores["nmi_site"] = float(normalized_mutual_info_score(sites, clusters))
-    return scores
 
 
 def one_seed(dataset: Path, clusters: int, seed: int, profile: str) -> dict[str, dict]:
@@ -59,19 +41,17 @@ def one_seed(dataset: Path, clusters: int, seed: int, profile: str) -> dict[str,
         run_all(store, config)
         minutes = (time.monotonic() - started) / 60
         model = ClusterModel.load(store)
-        assigned = store.table(ASSIGNMENTS).to_lance().to_table(
-            columns=["image_id", "cluster_id"], filter=f"model_version = '{model.version}'")
-        ids = assigned.column("image_id").to_pylist()
-        views, sites = labelled(store, labels, ids)
-        results = {"fusc run": {**score(views, sites, assigned.column("cluster_id").to_numpy()),
+        ids, clusters = assigned_clusters(store, model.version)
+        views, sites = labels_of(store, labels, ids)
+        results = {"fusc run": {**clustering_scores(views, sites, clusters),
                                 "minutes": minutes,
                                 "self_label": float(model.notes.get("stage") == "self-label")}}
         space = clustering_space(store, model.embedding)
-        views, sites = labelled(store, labels, space.image_ids)
-        results["k-means, embeddings"] = score(views, sites,
-                                               kmeans_clusters(space.raw, clusters, seed))
-        results["k-means, site-centred"] = score(views, sites,
-                                                 kmeans_clusters(space.vectors, clusters, seed))
+        views, sites = labels_of(store, labels, space.image_ids)
+        results["k-means, embeddings"] = clustering_scores(
+            views, sites, kmeans_clusters(space.raw, clusters, seed))
+        results["k-means, site-centred"] = clustering_scores(
+            views, sites, kmeans_clusters(space.vectors, clusters, seed))
     return results
 
 

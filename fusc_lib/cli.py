@@ -416,6 +416,9 @@ def run(
         help="Ray Train workers for SSL and network clustering [default: the profile's].")
     ] = None,
     self_label: Annotated[bool, typer.Option(help="Run the self-labeling stage.")] = True,
+    labels: Annotated[list[Path] | None, typer.Option(
+        help="CSV (file|path, view, site), repeatable, used only to print how the clusters "
+             "score against view and site.", exists=True, dir_okay=False)] = None,
     seed: Annotated[int, typer.Option()] = 0,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     ray_address: RayAddressOption = None,
@@ -446,7 +449,29 @@ def run(
     for cluster_id, size in enumerate(summary.sizes):
         table.add_row(str(cluster_id), str(size))
     Console().print(table)
+    console.print(f"NMI of the clusters against site (given or inferred; lower = less "
+                  f"hospital in the clusters): {summary.site_nmi:.3f}")
+    if labels:
+        _print_cluster_scores(store, summary.version, labels)
     console.print(f"assignments: {summary.export}\ntables: {store.lancedb_uri}")
+
+
+def _print_cluster_scores(store, version: str, labels: list[Path]) -> None:
+    from fusc_lib.diagnostics import assigned_clusters, clustering_scores, labels_of, read_labels
+
+    ids, clusters = assigned_clusters(store, version)
+    try:
+        views, sites = labels_of(store, read_labels(labels), ids)
+    except ValueError as error:
+        _fail(str(error))
+    scores = clustering_scores(views, sites, clusters)
+    table = Table(title="clusters against the labels (used only to score)")
+    for name in ("purity", "NMI (view)", "Hungarian acc.", "smallest cluster",
+                 "NMI (site), lower = better"):
+        table.add_column(name)
+    table.add_row(*(f"{scores[key]:.3f}" for key in (
+        "purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")))
+    Console().print(table)
 
 
 def _print_stage(report) -> None:

@@ -1,8 +1,9 @@
-"""Label-using checks of a representation: printed for the user, never used to train.
+"""Label-using checks: printed for the user, never used to train.
 
 Does the embedding group views (kNN accuracy) or hospitals (NMI of a k-means against site)?
 Computed for the same backbone with random weights, with ImageNet weights and after SSL, so a run
-shows what self-supervision bought.
+shows what self-supervision bought. And how do a cluster model's assignments score against
+view labels (purity, NMI, Hungarian accuracy, smallest cluster) and against site?
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
-from fusc_lib.metrics import embedding_report
+from fusc_lib.metrics import embedding_report, score_clusters
 from fusc_lib.models.encoder import Encoder, load_encoder, pretrained_encoder
 from fusc_lib.preprocess import decode_png
 from fusc_lib.store import Workdir
-from schemas.tables import SCANS
+from schemas.tables import ASSIGNMENTS, SCANS, SITES
 
 
 def read_labels(paths: list[str | Path]) -> dict[str, tuple[str, str]]:
@@ -71,3 +73,39 @@ def representation_report(workdir: Workdir, labels_csvs: list[str | Path], run_d
     return {variant: {"scans": len(images),
                       **embedding_report(embed_images(encoder, images), views, sites)}
             for variant, encoder in encoders.items()}
+
+
+def labels_of(workdir: Workdir, labels: dict[str, tuple[str, str]], image_ids: list[str]
+              ) -> tuple[list[str], list[str]]:
+    """(views, sites) of the given scans, by the file name of their source."""
+    scans = workdir.table(SCANS).to_lance().to_table(columns=["image_id", "source_uri"])
+    name = dict(zip(scans.column("image_id").to_pylist(),
+                    (Path(u).name for u in scans.column("source_uri").to_pylist())))
+    missing = [i for i in image_ids if name[i] not in labels]
+    if missing:
+        raise ValueError(f"{len(missing)} scans are not in the labels (e.g. {name[missing[0]]})")
+    pairs = [labels[name[i]] for i in image_ids]
+    return [view for view, _ in pairs], [site for _, site in pairs]
+
+
+def clustering_scores(views: list[str], sites: list[str], clusters: np.ndarray
+                      ) -> dict[str, float]:
+    """Purity, NMI, Hungarian accuracy, ARI and smallest cluster against view; NMI vs site."""
+    scores = score_clusters(views, clusters).as_dict()
+    scores["nmi_site"] = float(normalized_mutual_info_score(sites, clusters))
+    return scores
+
+
+def assigned_clusters(workdir: Workdir, version: str) -> tuple[list[str], np.ndarray]:
+    table = workdir.table(ASSIGNMENTS).to_lance().to_table(
+        columns=["image_id", "cluster_id"], filter=f"model_version = '{version}'")
+    return table.column("image_id").to_pylist(), table.column("cluster_id").to_numpy()
+
+
+def site_nmi(workdir: Workdir, version: str) -> float:
+    """NMI of a model's clusters against the `sites` table (given or inferred): how much the
+    clusters follow hospitals/machines, without any labels. Lower is better."""
+    ids, clusters = assigned_clusters(workdir, version)
+    sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
+    site_of = dict(zip(sites.column("image_id").to_pylist(), sites.column("site").to_pylist()))
+    return float(normalized_mutual_info_score([site_of[i] for i in ids], clusters))

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from fusc_lib.artifacts import exists
+from fusc_lib.diagnostics import site_nmi
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.models.backbones import ENCODER_INFO
 from fusc_lib.preprocess import workdir_preprocess
@@ -70,6 +71,7 @@ class RunSummary:
     stages: list[StageReport] = field(default_factory=list)
     version: str = ""
     sizes: list[int] = field(default_factory=list)
+    site_nmi: float = 0.0  # clusters vs the sites table: how much they follow hospitals
     export: str = ""
 
 
@@ -181,5 +183,6 @@ def _self_label(workdir: Workdir, config: SelfLabelConfig) -> str:
 def _assign(workdir: Workdir, summary: RunSummary, ray_address: str | None) -> str:
     result = run_assign(workdir, ray_address=ray_address)
     summary.version, summary.sizes = result.version, result.sizes
+    summary.site_nmi = site_nmi(workdir, result.version)
     return f"model {result.version}: {result.assigned} assigned"
 

@@ -196,3 +196,26 @@ def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
     neighbors = store.table(NEIGHBORS).to_lance().to_table(filter=f"model_run = '{run}~views2'")
     assert neighbors.num_rows == store.table(SCANS).count_rows()
     store.write_json({"version": before}, "models", "cluster", "current.json")
+
+
+def test_run_command_prints_site_nmi_and_scores_against_labels(finished, tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from fusc_lib.cli import app
+
+    store, *_ = finished
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "view", "site"])
+        for name in ("african-planes", "hc18"):
+            with open(data_dir / name / "labels.csv", newline="") as source:
+                for row in csv.DictReader(source):
+                    writer.writerow([f"{name}__{row['file']}", row["view"], row["site"]])
+    result = CliRunner().invoke(app, [
+        "run", "--clusters", "3", "--model", PRETRAINED, "--views", "2", "--k", "5",
+        "--cluster-epochs", "20", "--labels", str(labels), "--workdir", store.root],
+        env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "NMI of the clusters against site" in result.output
+    assert "clusters against the labels" in result.output and "purity" in result.output

@@ -22,6 +22,7 @@ from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.models.backbones import ENCODER_INFO, RANDOM, Backbone, create_backbone
 
 WEIGHTS = "backbone.pt"
+FORWARD_CHUNK = 256  # images per forward pass of `embed`
 # Test-time views: most of the fan, mild tilt and rendering changes.
 TEST_VIEW = {"scale": (0.5, 1.0), "max_degrees": 10.0, "strength": 0.5}
 
@@ -60,8 +61,9 @@ class Encoder(nn.Module):
         """
         batch = torch.stack([view for image, image_id in zip(images, image_ids)
                              for view in self._views(image, image_id, n_views)])
-        with torch.inference_mode():
-            vectors = self(batch.to(device)).float().cpu()
+        with torch.inference_mode():  # in chunks: 64 scans x 20 views would hold GBs at once
+            vectors = torch.cat([self(chunk.to(device)).float().cpu()
+                                 for chunk in batch.split(FORWARD_CHUNK)])
         mean = vectors.view(len(images), n_views, -1).mean(dim=1)
         return F.normalize(mean, dim=1).numpy()
 
