@@ -41,8 +41,9 @@ def view_columns(batch: dict[str, np.ndarray], views: ViewMaker) -> dict[str, np
 
 
 def make_optimizer(method: SSLMethod, config: SSLConfig) -> torch.optim.Optimizer:
-    trainable = [p for p in method.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]}
+              for group in method.parameter_groups()]
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable
     for batch in batches:
         views = [batch[f"view{i}"] for i in range(len(batch))]
         for group in optimizer.param_groups:
-            group["lr"] = schedule.lr(step)
+            group["lr"] = schedule.lr(step) * group.get("lr_scale", 1.0)
         device = views[0].device
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                     else nullcontext())

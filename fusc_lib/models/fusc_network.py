@@ -20,6 +20,8 @@ from fusc_lib.models.cluster_head import MultiHead
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
 from fusc_lib.ssl_config import SSLConfig
 
+HEAD_LR_SCALE = 100.0  # heads at 1e-2 when the backbone fine-tunes at 1e-4 (frozen mode's 1e-2)
+
 
 class FUSCNetwork(SSLMethod):
     def __init__(self, backbone: Backbone, n_clusters: int, n_heads: int, entropy_weight: float):
@@ -35,6 +37,12 @@ class FUSCNetwork(SSLMethod):
     @staticmethod
     def views(config: SSLConfig, backbone: Backbone) -> ViewMaker:
         return PairViews(config.image_size, backbone.mean, backbone.std, config.strength)
+
+    def parameter_groups(self) -> list[dict]:
+        """The fresh heads step HEAD_LR_SCALE times faster than the pretrained backbone: at the
+        backbone's rate they barely leave the uniform prediction in a short CPU run."""
+        return [{"params": list(self.backbone.parameters())},
+                {"params": list(self.heads.parameters()), "lr_scale": HEAD_LR_SCALE}]
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
         """views = [anchors, neighbours]; the heads' losses are summed, as in SCAN."""

@@ -28,3 +28,7 @@ class SSLMethod(nn.Module):
 
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step with the share of training done (0..1)."""
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer groups; a group's `lr_scale` multiplies the scheduled learning rate."""
+        return [{"params": list(self.parameters())}]
