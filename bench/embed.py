@@ -23,12 +23,12 @@ import torch
 from bench.ingest import make_archive
 from fusc_lib.diagnostics import embed_images
 from fusc_lib.ingest import IngestConfig
-from fusc_lib.models.encoder import pretrained_encoder
+from fusc_lib.models.encoder import PRETRAINED_PREFIX, pretrained_encoder
 from fusc_lib.preprocess import decode_png, workdir_preprocess
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs._ray import connect
-from jobs.embed import PRETRAINED_PREFIX, EmbedConfig, run_embed
+from jobs.embed import EmbedConfig, run_embed
 from jobs.ingest import run_ingest
 from jobs.train_ssl import run_train_ssl
 from schemas.tables import SCANS

@@ -21,17 +21,14 @@ import numpy as np
 
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.io import BadInput, content_id, decode, frame_id
-from fusc_lib.models.encoder import Encoder
+from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
 from fusc_lib.preprocess import PREPROCESS_FILE, PreparedFrame, PreprocessConfig, Preprocessor
 from fusc_lib.sites import site_name, style_features
 from fusc_lib.store import Workdir
-from jobs.embed import EmbedConfig, build_encoder, parse_embedding_key
 from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SCANS
 
 MAX_SIMILAR = 100
 TOP_K = 5  # clusters listed in a response, most probable first
-# `fusc run` / `fusc embed` embed pretrained:<backbone> models at this size (not recorded per key).
-PRETRAINED_INPUT_SIZE = EmbedConfig.model_fields["input_size"].default
 
 
 @dataclass(frozen=True)
@@ -103,9 +100,8 @@ class OnlineClusterer:
         old = getattr(self, "_version", None)
         if old is not None and old.model.embedding == model.embedding:
             return _Version(model, old.encoder, old.n_views)  # same embedding: keep the encoder
-        backbone, n_views = parse_embedding_key(model.embedding)
-        encoder = build_encoder(self.workdir.root, backbone, PRETRAINED_INPUT_SIZE, self.device)
-        return _Version(model, encoder.to(self.device).eval(), n_views)
+        name, n_views = parse_embedding_key(model.embedding)
+        return _Version(model, model_encoder(self.workdir, name, self.device).eval(), n_views)
 
     def switch(self, version: str | None) -> bool:
         """Pin `version` (None: follow `current.json`); True if the served model changed."""

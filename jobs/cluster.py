@@ -25,11 +25,17 @@ from fusc_lib.artifacts import exists, read_bytes
 from fusc_lib.cluster_model import ClusterModel, new_version
 from fusc_lib.clustering import DEFAULT_EPOCHS, DEFAULT_LR, train_cluster_heads
 from fusc_lib.models.backbones import ENCODER_INFO
-from fusc_lib.models.encoder import WEIGHTS
+from fusc_lib.models.encoder import (
+    PRETRAINED_PREFIX,
+    PRETRAINED_SIZE,
+    WEIGHTS,
+    embedding_key,
+    parse_embedding_key,
+)
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs._vectors import clustering_space
-from jobs.embed import PRETRAINED_PREFIX, EmbedConfig, embedding_key, parse_embedding_key, run_embed
+from jobs.embed import EmbedConfig, run_embed
 from jobs.neighbors import DEFAULT_K, load_neighbors, run_neighbors
 from jobs.sites import load_site_model
 from jobs.train_ssl import CONFIG_FILE, run_train_ssl
@@ -113,12 +119,13 @@ def network_config(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
     """The training config of network mode, starting from the embedding's backbone."""
     model, _ = parse_embedding_key(config.embedding)
     if model.startswith(PRETRAINED_PREFIX):
-        backbone, init, size = model.removeprefix(PRETRAINED_PREFIX), "imagenet", 128
+        backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
+        init, size = "imagenet", int(size or PRETRAINED_SIZE)
     else:
         info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
         backbone, size = info["backbone"], info["input_size"]
         init = f"{workdir.ssl_run_dir(model)}/{WEIGHTS}"
-    return SSLConfig(profile="fusc-network", run_name=f"{model.replace(':', '-')}-fusc"
+    return SSLConfig(profile="fusc-network", run_name=f"{model.replace(':', '-').replace('@', '-')}-fusc"
                      f"{config.clusters}", method="fusc", backbone=backbone, init=init,
                      image_size=size, epochs=config.network_epochs, lr=config.network_lr,
                      batch_size=config.network_batch_size, strength=0.5,

@@ -18,26 +18,18 @@ import ray
 import torch
 from pydantic import BaseModel, Field
 
-from fusc_lib.models.encoder import Encoder, load_encoder, pretrained_encoder
+from fusc_lib.models.encoder import (
+    PRETRAINED_PREFIX,
+    embedding_key,
+    model_encoder,
+    pretrained_model,
+)
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.store import Workdir, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
 from schemas.tables import EMBEDDINGS, SCANS, embeddings_schema
-
-PRETRAINED_PREFIX = "pretrained:"  # --model pretrained:<timm name> embeds with ImageNet weights
-VIEWS_MARK = "~views"  # model_run of view-averaged vectors: <model>~views<n>
-
-
-def embedding_key(model: str, views: int) -> str:
-    """The `model_run` value of the vectors of `model` averaged over `views` views."""
-    return model if views == 1 else f"{model}{VIEWS_MARK}{views}"
-
-
-def parse_embedding_key(key: str) -> tuple[str, int]:
-    model, _, views = key.partition(VIEWS_MARK)
-    return model, int(views or 1)
 
 
 class EmbedConfig(BaseModel):
@@ -66,8 +58,11 @@ class EmbedSummary:
     indexed: bool = False
 
 
-def resolve_model(workdir: Workdir, model: str | None) -> str:
-    """The model to embed with: as given, or the newest SSL run in the workdir."""
+def resolve_model(workdir: Workdir, model: str | None, input_size: int = 128) -> str:
+    """The model to embed with: as given (a pretrained one at `input_size`), or the newest SSL
+    run in the workdir."""
+    if model and model.startswith(PRETRAINED_PREFIX) and "@" not in model:
+        return pretrained_model(model.removeprefix(PRETRAINED_PREFIX), input_size)
     if model:
         return model
     runs = workdir.ssl_runs()
@@ -77,20 +72,13 @@ def resolve_model(workdir: Workdir, model: str | None) -> str:
     return runs[-1]
 
 
-def build_encoder(workdir_root: str, model: str, input_size: int, device: str) -> Encoder:
-    if model.startswith(PRETRAINED_PREFIX):
-        return pretrained_encoder(model.removeprefix(PRETRAINED_PREFIX), "imagenet", input_size)
-    return load_encoder(Workdir(workdir_root).ssl_run_dir(model), device=device)
-
-
 class _EmbedActor:
     """Ray Data actor: the model is loaded once, then each call embeds the pending scans of a batch."""
 
-    def __init__(self, workdir_root: str, model: str, views: int, input_size: int,
-                 use_gpu: bool, pending_ref: ray.ObjectRef):
+    def __init__(self, workdir_root: str, model: str, views: int, use_gpu: bool,
+                 pending_ref: ray.ObjectRef):
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.encoder = build_encoder(workdir_root, model, input_size, self.device).to(self.device)
-        self.encoder.eval()
+        self.encoder = model_encoder(Workdir(workdir_root), model, self.device).eval()
         self.views = views
         self.key = embedding_key(model, views)
         self.pending = ray.get(pending_ref)
@@ -128,7 +116,7 @@ def embedded_ids(workdir: Workdir, model: str) -> set[str]:
 def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = None) -> EmbedSummary:
     """Embed every scan that has no vector for the model yet."""
     started = monotonic()
-    model = resolve_model(workdir, config.model)
+    model = resolve_model(workdir, config.model, config.input_size)
     summary = EmbedSummary(embedding_key(model, config.views))
     done = embedded_ids(workdir, summary.model_run)
     all_ids = workdir.column(SCANS, "image_id")
@@ -151,7 +139,6 @@ def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
                .map_batches(_EmbedActor,
                             fn_constructor_kwargs={"workdir_root": workdir.root, "model": model,
                                                    "views": config.views,
-                                                   "input_size": config.input_size,
                                                    "use_gpu": config.use_gpu,
                                                    "pending_ref": ray.put(pending.combine_chunks())},
                             batch_size=config.batch_size, batch_format="pyarrow",

@@ -21,12 +21,13 @@ from fusc_lib.artifacts import exists
 from fusc_lib.diagnostics import site_nmi
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.models.backbones import ENCODER_INFO
+from fusc_lib.models.encoder import embedding_key
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
 from jobs.cluster import ClusterConfig, run_cluster
-from jobs.embed import EmbedConfig, embedding_key, run_embed
+from jobs.embed import EmbedConfig, resolve_model, run_embed
 from jobs.export import export_table, write_export
 from jobs.ingest import run_ingest
 from jobs.neighbors import DEFAULT_K, run_neighbors
@@ -96,7 +97,7 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
 
     if config.paths or config.manifest:
         stage("ingest", lambda: _ingest(workdir, config, ray_address))
-    model = config.model or config.ssl.run
+    model = resolve_model(workdir, config.model) if config.model else config.ssl.run
     if not config.model:
         stage("train-ssl", lambda: _train_ssl(workdir, config.ssl, ray_address),
               done=f"model {config.ssl.run} trained" if _trained(workdir, config.ssl) else "")

@@ -19,9 +19,15 @@ from torch import nn
 
 from fusc_lib.artifacts import read_bytes, write_bytes
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
-from fusc_lib.models.backbones import ENCODER_INFO, RANDOM, Backbone, create_backbone
+from fusc_lib.models.backbones import ENCODER_INFO, IMAGENET, RANDOM, Backbone, create_backbone
+from fusc_lib.store import Workdir
 
 WEIGHTS = "backbone.pt"
+# Model names: an SSL run of the workdir, or pretrained:<timm name>[@<input size>] (ImageNet).
+PRETRAINED_PREFIX = "pretrained:"
+PRETRAINED_SIZE = 128
+# The embeddings of a model averaged over n views are stored under `<model>~views<n>`.
+VIEWS_MARK = "~views"
 FORWARD_CHUNK = 256  # images per forward pass of `embed`
 # Test-time views: most of the fan, mild tilt and rendering changes.
 TEST_VIEW = {"scale": (0.5, 1.0), "max_degrees": 10.0, "strength": 0.5}
@@ -99,3 +105,29 @@ def load_encoder(run_dir: str, device: str = "cpu") -> Encoder:
 def pretrained_encoder(backbone: str, init: str, input_size: int) -> Encoder:
     """An encoder without self-supervised training (ImageNet or random): the baselines."""
     return Encoder(create_backbone(backbone, init, input_size), input_size)
+
+
+def pretrained_model(backbone: str, input_size: int = PRETRAINED_SIZE) -> str:
+    """The model name of ImageNet `backbone` at `input_size` (the size is part of the name, so
+    serving rebuilds exactly the encoder that embedded the archive)."""
+    size = "" if input_size == PRETRAINED_SIZE else f"@{input_size}"
+    return f"{PRETRAINED_PREFIX}{backbone}{size}"
+
+
+def model_encoder(workdir: Workdir, model: str, device: str = "cpu") -> Encoder:
+    """The encoder a model name means: a workdir SSL run, or pretrained:<backbone>[@size]."""
+    if model.startswith(PRETRAINED_PREFIX):
+        backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
+        return pretrained_encoder(backbone, IMAGENET, int(size or PRETRAINED_SIZE)).to(device)
+    return load_encoder(workdir.ssl_run_dir(model), device=device)
+
+
+def embedding_key(model: str, views: int) -> str:
+    """The `model_run` of the embeddings of `model` averaged over `views` views."""
+    return model if views == 1 else f"{model}{VIEWS_MARK}{views}"
+
+
+def parse_embedding_key(key: str) -> tuple[str, int]:
+    """(model name, number of views) of an embedding key."""
+    model, _, views = key.partition(VIEWS_MARK)
+    return model, int(views or 1)
