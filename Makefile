@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_WORKDIR ?= fusc-work/demo
 
-.PHONY: install system-deps demo test bench-ingest lint clean
+.PHONY: install system-deps demo test bench-ingest bench-quality bench-serve lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test: install
 
 bench-ingest: install
 	$(BIN)/python -m bench.ingest
+
+bench-quality: install
+	$(BIN)/python -m bench.quality --dataset african-planes --clusters 4 --seeds 0 1 2
+
+bench-serve: install
+	$(BIN)/python -m bench.serve
 
 lint: install
 	$(BIN)/ruff check fusc_lib jobs services schemas tests bench

@@ -31,7 +31,8 @@ from typing import Annotated
 import ray
 import yaml
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
@@ -106,7 +107,8 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {
     MULTIPART: {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}}}}}}}
 
-api = FastAPI(title="FUSC", version="1",
+# /docs and /openapi.json are routes of the service below, so they need the token too.
+api = FastAPI(title="FUSC", version="1", docs_url=None, openapi_url=None,
               description="The anatomical-view cluster of a fetal ultrasound scan (PNG, JPEG, "
                           "BMP, TIFF or DICOM), prepared exactly as the archive was.")
 bearer = HTTPBearer(auto_error=False, description=f"The token in ${TOKEN_ENV}, when it is set.")
@@ -228,6 +230,18 @@ class ClusterService:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, credentials: Credentials) -> dict:
+        self._authorize(credentials)
+        return api.openapi()
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, credentials: Credentials) -> HTMLResponse:
+        """Swagger UI; with a token set, open it with the Authorization header (a browser
+        extension or a proxy), or read /openapi.json with curl."""
+        self._authorize(credentials)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="FUSC")
 
     @api.get("/v1/model")
     async def model(self, credentials: Credentials) -> dict:

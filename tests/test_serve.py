@@ -166,10 +166,12 @@ def test_token_is_required_on_every_route_but_healthz(workdir, url):
 
 
 def test_docs_list_the_routes(url):
-    spec = requests.get(url + "/openapi.json", timeout=60).json()
+    assert requests.get(url + "/openapi.json", timeout=60).status_code == 401
+    assert requests.get(url + "/docs", timeout=60).status_code == 401
+    spec = requests.get(url + "/openapi.json", headers=AUTH, timeout=60).json()
     assert {"/v1/cluster", "/v1/similar", "/v1/model", "/healthz"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/cluster"]["post"]["requestBody"]["content"]
-    docs = requests.get(url + "/docs", timeout=60)
+    docs = requests.get(url + "/docs", headers=AUTH, timeout=60)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
