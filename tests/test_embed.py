@@ -70,3 +70,25 @@ def test_workdir_without_a_model_says_what_to_do(scans_workdir):
     store, _ = scans_workdir
     with pytest.raises(ValueError, match="train-ssl"):
         run_embed(store, EmbedConfig())
+
+
+def test_view_averaged_embeddings_are_keyed_by_views_and_reproducible(scans_workdir):
+    """Averaged views are drawn from a generator seeded by the scan id: a second run (as the
+    serving path does) gives the same vectors; the key names the views and the input size."""
+    from fusc_lib.models.encoder import model_encoder, parse_embedding_key
+    from fusc_lib.preprocess import decode_png
+    from schemas.tables import SCANS
+
+    store, _ = scans_workdir
+    summary = run_embed(store, EmbedConfig(model=MODEL, input_size=48, views=3))
+    assert summary.model_run == f"{MODEL}@48~views3" and summary.embedded == 12
+    model, views = parse_embedding_key(summary.model_run)
+    encoder = model_encoder(store, model)
+    assert (encoder.input_size, views) == (48, 3)
+    ids, vectors = _vectors(store)
+    scans = store.table(SCANS).to_lance().to_table(columns=["image_id", "image"])
+    image = dict(zip(scans.column("image_id").to_pylist(), scans.column("image").to_pylist()))
+    again = encoder.embed([decode_png(image[i]) for i in ids[:4]], ids[:4], views)
+    assert np.allclose(again, vectors[:4], atol=1e-5)
+    single = encoder.embed([decode_png(image[i]) for i in ids[:4]], ids[:4], 1)
+    assert not np.allclose(single, vectors[:4], atol=1e-3)  # the extra views do count
