@@ -41,9 +41,9 @@ def one_seed(dataset: Path, clusters: int, seed: int, profile: str) -> dict[str,
         run_all(store, config)
         minutes = (time.monotonic() - started) / 60
         model = ClusterModel.load(store)
-        ids, clusters = assigned_clusters(store, model.version)
+        ids, assigned = assigned_clusters(store, model.version)
         views, sites = labels_of(store, labels, ids)
-        results = {"fusc run": {**clustering_scores(views, sites, clusters),
+        results = {"fusc run": {**clustering_scores(views, sites, assigned),
                                 "minutes": minutes,
                                 "self_label": float(model.notes.get("stage") == "self-label")}}
         space = clustering_space(store, model.embedding)
