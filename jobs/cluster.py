@@ -30,6 +30,7 @@ from fusc_lib.models.encoder import (
     PRETRAINED_SIZE,
     WEIGHTS,
     embedding_key,
+    is_trained,
     parse_embedding_key,
 )
 from fusc_lib.ssl_config import SSLConfig
@@ -105,7 +106,7 @@ def fine_tune_backbone(workdir: Workdir, config: ClusterConfig, ray_address: str
     killed one resumed."""
     ssl = network_config(workdir, config)
     folder = workdir.ssl_run_dir(ssl.run)
-    if not exists(f"{folder}/{ENCODER_INFO}"):
+    if not is_trained(workdir, ssl.run):
         run_train_ssl(workdir, ssl, ray_address, resume=exists(f"{folder}/{CONFIG_FILE}"))
     views = parse_embedding_key(config.embedding)[1]
     run_embed(workdir, EmbedConfig(model=ssl.run, views=views, use_gpu=config.use_gpu),

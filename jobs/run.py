@@ -20,8 +20,7 @@ from pydantic import BaseModel, Field
 from fusc_lib.artifacts import exists
 from fusc_lib.diagnostics import site_nmi
 from fusc_lib.ingest import IngestConfig
-from fusc_lib.models.backbones import ENCODER_INFO
-from fusc_lib.models.encoder import embedding_key
+from fusc_lib.models.encoder import embedding_key, is_trained
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
@@ -100,7 +99,7 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
     model = resolve_model(workdir, config.model) if config.model else config.ssl.run
     if not config.model:
         stage("train-ssl", lambda: _train_ssl(workdir, config.ssl, ray_address),
-              done=f"model {config.ssl.run} trained" if _trained(workdir, config.ssl) else "")
+              done=f"model {config.ssl.run} trained" if is_trained(workdir, config.ssl.run) else "")
     embedding = embedding_key(model, config.views)
     stage("embed", lambda: _embed(workdir, model, config, ray_address))
     stage("sites", lambda: _sites(workdir, config, ray_address),
@@ -130,10 +129,6 @@ def _stamp(workdir: Workdir, stage: str) -> dict:
 
 def _version(workdir: Workdir, table: str) -> int | None:
     return workdir.table(table).version if workdir.has_table(table) else None
-
-
-def _trained(workdir: Workdir, ssl: SSLConfig) -> bool:
-    return exists(f"{workdir.ssl_run_dir(ssl.run)}/{ENCODER_INFO}")
 
 
 def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:

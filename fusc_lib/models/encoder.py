@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusc_lib.artifacts import read_bytes, write_bytes
+from fusc_lib.artifacts import exists, read_bytes, write_bytes
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.models.backbones import ENCODER_INFO, IMAGENET, RANDOM, Backbone, create_backbone
 from fusc_lib.store import Workdir
@@ -90,6 +90,11 @@ def save_encoder(backbone: Backbone, input_size: int, run_dir: str) -> None:
     info = {"backbone": backbone.name, "input_size": input_size,
             "mean": list(backbone.mean), "std": list(backbone.std)}
     write_bytes(f"{run_dir}/{ENCODER_INFO}", json.dumps(info, indent=2).encode())
+
+
+def is_trained(workdir: Workdir, run: str) -> bool:
+    """Whether SSL run `run` has finished (it exports encoder.json last)."""
+    return exists(f"{workdir.ssl_run_dir(run)}/{ENCODER_INFO}")
 
 
 def load_encoder(run_dir: str, device: str = "cpu") -> Encoder:
