@@ -324,22 +324,32 @@ def cluster(
 def self_label(
     threshold: Annotated[float, typer.Option(help="Confidence that makes a sample a target.")
                          ] = 0.99,
-    epochs: Annotated[int, typer.Option()] = 50,
+    epochs: Annotated[int, typer.Option(help="Frozen mode: epochs of the head.")] = 50,
+    mode: Annotated[str, typer.Option(
+        help="frozen: the head on the stored embeddings, feature noise as the strong "
+             "augmentation (fast, CPU); network: backbone and head on augmented images "
+             "(Ray Train, the paper's mode).")] = "frozen",
+    network_epochs: Annotated[int, typer.Option(help="Network mode: epochs.")] = 10,
+    workers: Annotated[int, typer.Option(help="Network mode: Ray Train workers.")] = 1,
+    use_gpu: Annotated[bool, typer.Option(help="Network mode: one GPU per worker.")] = False,
     model: ModelVersionOption = None,
     seed: Annotated[int, typer.Option()] = 0,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
+    ray_address: RayAddressOption = None,
 ) -> None:
-    """Fine-tune the cluster head on its own confident predictions (class-balanced).
+    """Fine-tune the cluster model on its own confident predictions (class-balanced).
 
     The input model stays current when the result's own checks (loss, smallest cluster,
-    confident set, label stability) say it got worse; the reasons are printed.
+    confident set, label stability) say it got worse; the reasons are printed. With --mode
+    network the backbone learns too, and the scans are re-embedded with it.
     """
     from fusc_lib.store import Workdir
     from jobs.self_label import SelfLabelConfig, run_self_label
 
     try:
         summary = run_self_label(Workdir(workdir), SelfLabelConfig(
-            model=model, threshold=threshold, epochs=epochs, seed=seed))
+            model=model, threshold=threshold, epochs=epochs, seed=seed, mode=mode,
+            network_epochs=network_epochs, workers=workers, use_gpu=use_gpu), ray_address)
     except ValueError as error:
         _fail(str(error))
     verdict = "accepted" if summary.accepted else "rejected (" + "; ".join(summary.reasons) + ")"
@@ -410,7 +420,8 @@ def run(
     k: Annotated[int, typer.Option(help="Neighbours per scan.")] = 20,
     cluster_epochs: Annotated[int, typer.Option(help="Epochs of the cluster heads.")] = 100,
     cluster_mode: Annotated[str, typer.Option(
-        help="frozen (CPU default) | network (fine-tune the backbone with the heads; GPU).")
+        help="frozen (CPU default) | network (the paper's: the backbone trains with the heads, "
+             "then self-labels on images; GPU).")
     ] = "frozen",
     workers: Annotated[int | None, typer.Option(
         help="Ray Train workers for SSL and network clustering [default: the profile's].")

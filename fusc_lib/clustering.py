@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusc_lib.losses import class_balance_weights, entropy, fusc_loss
+from fusc_lib.losses import class_balance_weights, confident_targets, entropy, fusc_loss
 from fusc_lib.models.cluster_head import MultiHead, best_head
 
 # A linear head on frozen features tolerates a far larger step than SCAN's 1e-4 for a whole
@@ -194,14 +194,14 @@ def self_label(vectors: np.ndarray, start: ClusterResult, neighbor_indices: np.n
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x, neighbors = _tensor(vectors), torch.as_tensor(neighbor_indices, dtype=torch.long)
+    x = _tensor(vectors)
     head = torch.nn.Linear(x.shape[1], start.n_clusters)
     head.load_state_dict({"weight": start.weight.clone(), "bias": start.bias.clone()})
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    first_labels, first = _targets(start.probabilities, threshold, min_per_cluster)
     for _ in range(epochs):
         with torch.no_grad():
-            labels, labelled = _targets(F.softmax(head(x), dim=1), threshold, min_per_cluster)
+            labels, labelled = confident_targets(F.softmax(head(x), dim=1), threshold,
+                                                 min_per_cluster)
         weights = class_balance_weights(labels[labelled], start.n_clusters)
         order = labelled.nonzero().flatten()
         for batch in _batches(order[torch.randperm(len(order), generator=generator)],
@@ -211,37 +211,41 @@ def self_label(vectors: np.ndarray, start: ClusterResult, neighbor_indices: np.n
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    entropy_weight = start.config.get("entropy_weight", 5.0)
     with torch.no_grad():
         probabilities = F.softmax(head(x), dim=1)
-    result = ClusterResult(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
-                           probabilities=probabilities, head_index=start.head_index,
+    settings = {"threshold": threshold, "epochs": epochs, "lr": lr, "noise": noise,
+                "dropout": dropout, "seed": seed}
+    return judge_self_label(start, head.weight.detach().clone(), head.bias.detach().clone(),
+                            probabilities, neighbor_indices, settings, threshold=threshold,
+                            min_per_cluster=min_per_cluster, loss_tolerance=loss_tolerance,
+                            min_stability=min_stability)
+
+
+def judge_self_label(start: ClusterResult, weight: torch.Tensor, bias: torch.Tensor,
+                     probabilities: torch.Tensor, neighbor_indices: np.ndarray,
+                     settings: dict, *, threshold: float, min_per_cluster: int = 5,
+                     loss_tolerance: float = 0.05, min_stability: float = 0.9
+                     ) -> SelfLabelOutcome:
+    """The self-labeled head (`weight`, `bias`, its `probabilities` on the scans that
+    `start.probabilities` covers, in the same order), kept only if the FUSC loss over the
+    neighbours, the smallest cluster, the confident set and the first confident labels did not
+    get worse; else the outcome holds `start` and the reasons. Shared by the frozen and the
+    network self-labeling, so both are judged alike."""
+    neighbors = torch.as_tensor(neighbor_indices, dtype=torch.long)
+    entropy_weight = start.config.get("entropy_weight", 5.0)
+    result = ClusterResult(weight=weight, bias=bias, probabilities=probabilities,
+                           head_index=start.head_index,
                            head_losses=[head_loss(probabilities, neighbors, entropy_weight)],
-                           config={**start.config, "self_label": {
-                               "threshold": threshold, "epochs": epochs, "lr": lr,
-                               "noise": noise, "dropout": dropout, "seed": seed}})
+                           config={**start.config, "self_label": settings})
     before = health(start.probabilities, neighbors, entropy_weight, threshold)
     after = health(probabilities, neighbors, entropy_weight, threshold)
+    first_labels, first = confident_targets(start.probabilities, threshold, min_per_cluster)
     kept = (probabilities[first].argmax(dim=1) == first_labels[first]).float().mean()
     stability = float(kept) if first.any() else 1.0
     reasons = _worse(before, after, stability, loss_tolerance, min_stability)
     return SelfLabelOutcome(result=start if reasons else result, accepted=not reasons,
                             reasons=reasons, before=before, after=after,
                             label_stability=stability)
-
-
-def _targets(probabilities: torch.Tensor, threshold: float, min_per_cluster: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cluster of every sample, which samples are labelled): the confident ones, plus, for
-    each filled cluster without a confident member, its most probable members."""
-    confidence, labels = probabilities.max(dim=1)
-    labelled = confidence >= threshold
-    for cluster in labels.unique():
-        members = (labels == cluster).nonzero().flatten()
-        if not labelled[members].any():
-            top = probabilities[members, cluster].topk(min(min_per_cluster, len(members))).indices
-            labelled[members[top]] = True
-    return labels, labelled
 
 
 def _perturb(x: torch.Tensor, noise: float, dropout: float,

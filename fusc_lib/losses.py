@@ -42,18 +42,37 @@ def class_balance_weights(targets: torch.Tensor, n_classes: int) -> torch.Tensor
     return weights
 
 
+def confident_targets(probabilities: torch.Tensor, threshold: float, min_per_cluster: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster of every sample, which samples are targets): those predicted with probability
+    ≥ `threshold`, plus, for each predicted cluster without a confident member, its
+    `min_per_cluster` most probable members, so a cluster that is merely unsure is not emptied
+    by self-labeling."""
+    confidence, labels = probabilities.max(dim=1)
+    labelled = confidence >= threshold
+    if min_per_cluster:
+        for cluster in labels.unique():
+            members = (labels == cluster).nonzero().flatten()
+            if not labelled[members].any():
+                top = probabilities[members, cluster].topk(min(min_per_cluster, len(members)))
+                labelled[members[top.indices]] = True
+    return labels, labelled
+
+
 def confidence_ce_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
-                       threshold: float = 0.99, balance: bool = True) -> torch.Tensor:
+                       threshold: float = 0.99, balance: bool = True,
+                       min_per_cluster: int = 0) -> torch.Tensor:
     """Self-labeling loss: the clusters the weak view predicts with probability ≥ `threshold`
-    become targets for the strong view (cross-entropy, class-balanced within the batch).
+    (and the lent members of unsure clusters, see `confident_targets`) become targets for the
+    strong view (cross-entropy, class-balanced within the batch).
 
     The weak view only names targets, so it carries no gradient. With nothing confident the
     loss is 0 but still attached to `strong_logits`, so a training step stays valid.
     """
-    confidence, targets = F.softmax(weak_logits.detach(), dim=1).max(dim=1)
-    confident = confidence >= threshold
-    if not confident.any():
+    labels, labelled = confident_targets(F.softmax(weak_logits.detach().float(), dim=1),
+                                         threshold, min_per_cluster)
+    if not labelled.any():
         return strong_logits.sum() * 0.0
-    targets = targets[confident]
+    targets = labels[labelled]
     weights = class_balance_weights(targets, strong_logits.shape[1]) if balance else None
-    return F.cross_entropy(strong_logits[confident], targets, weight=weights)
+    return F.cross_entropy(strong_logits[labelled].float(), targets, weight=weights)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-MethodName = Literal["simclr", "dino", "fusc"]
+MethodName = Literal["simclr", "dino", "fusc", "selflabel"]
 
 
 class SSLConfig(BaseModel):
@@ -20,8 +20,8 @@ class SSLConfig(BaseModel):
     profile: str = Field("quick", description="Profile the defaults came from (recorded only).")
     run_name: str | None = Field(None, description="Folder under models/ssl/; None: "
                                                    "<method>-<backbone>.")
-    method: MethodName = Field("simclr", description="Self-supervised method; `fusc` is stage 2 "
-                                                     "on the full network (neighbour pairs).")
+    method: MethodName = Field("simclr", description="Self-supervised method; `fusc` and "
+                               "`selflabel` are stages 2 and 3 on the full network.")
     backbone: str = Field("efficientnet_lite0", description="timm architecture name.")
     init: str = Field("imagenet", description="random | imagenet (local weights) | a state-dict "
                                               "file.")
@@ -44,6 +44,10 @@ class SSLConfig(BaseModel):
     entropy_weight: float = Field(5.0, ge=0, description="fusc: λ of the entropy term.")
     neighbors_of: str | None = Field(None, description="fusc: embeddings.model_run whose mined "
                                                        "neighbours pair the scans.")
+    selflabel_start: str | None = Field(None, description="selflabel: the file with the head "
+                                        "and site means to start from (written by the job).")
+    selflabel_threshold: float = Field(0.99, gt=0, le=1, description="selflabel: confidence "
+                                       "that makes a target.")
     workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel replicas).")
     cpus_per_worker: float | None = Field(None, gt=0, description="CPUs each worker reserves; "
                                           "None: 1, or less where the cluster would otherwise "

@@ -28,7 +28,7 @@ LOSS_COLUMNS = ("epoch", "loss", "images_per_s", "seconds")
 
 def view_columns(batch: dict[str, np.ndarray], views: ViewMaker) -> dict[str, np.ndarray]:
     """A batch of stored scans (`image` PNG bytes, and `neighbor` for neighbour pairs) ->
-    `view0`, `view1`, ... (N, 3, S, S) float32.
+    `view0`, `view1`, ... (N, 3, S, S) float32; a `site` column passes through unchanged.
 
     Each call draws fresh randomness from the OS, so every epoch and every data worker sees
     different views.
@@ -36,8 +36,9 @@ def view_columns(batch: dict[str, np.ndarray], views: ViewMaker) -> dict[str, np
     rng = np.random.default_rng()
     columns = [batch[name] for name in ("image", "neighbor") if name in batch]
     per_image = [views(*(decode_png(data) for data in row), rng) for row in zip(*columns)]
-    return {f"view{i}": torch.stack([v[i] for v in per_image]).numpy()
+    made = {f"view{i}": torch.stack([v[i] for v in per_image]).numpy()
             for i in range(len(per_image[0]))}
+    return {**made, "site": batch["site"]} if "site" in batch else made
 
 
 def make_optimizer(method: SSLMethod, config: SSLConfig) -> torch.optim.Optimizer:
@@ -87,14 +88,15 @@ def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable
     started, step = time.monotonic(), epoch * schedule.steps_per_epoch
     loss_sum, images, steps = torch.zeros(()), 0, 0
     for batch in batches:
-        views = [batch[f"view{i}"] for i in range(len(batch))]
+        extras = {name: value for name, value in batch.items() if not name.startswith("view")}
+        views = [batch[f"view{i}"] for i in range(len(batch) - len(extras))]
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(step) * group.get("lr_scale", 1.0)
         device = views[0].device
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                     else nullcontext())
         with autocast:
-            loss = model(views, epoch)
+            loss = model(views, epoch, **extras)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

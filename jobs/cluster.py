@@ -119,13 +119,7 @@ def fine_tune_backbone(workdir: Workdir, config: ClusterConfig, ray_address: str
 def network_config(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
     """The training config of network mode, starting from the embedding's backbone."""
     model, _ = parse_embedding_key(config.embedding)
-    if model.startswith(PRETRAINED_PREFIX):
-        backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
-        init, size = "imagenet", int(size or PRETRAINED_SIZE)
-    else:
-        info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
-        backbone, size = info["backbone"], info["input_size"]
-        init = f"{workdir.ssl_run_dir(model)}/{WEIGHTS}"
+    backbone, init, size = backbone_of(workdir, model)
     return SSLConfig(profile="fusc-network", run_name=f"{model.replace(':', '-').replace('@', '-')}-fusc"
                      f"{config.clusters}", method="fusc", backbone=backbone, init=init,
                      image_size=size, epochs=config.network_epochs, lr=config.network_lr,
@@ -134,3 +128,13 @@ def network_config(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
                      entropy_weight=config.entropy_weight, neighbors_of=config.embedding,
                      workers=config.workers, use_gpu=config.use_gpu, seed=config.seed
                      ).fitted_to(workdir.table(SCANS).count_rows())
+
+
+def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
+    """(timm architecture, init, input size) that continue training model `model`: an SSL run
+    of the workdir, or pretrained:<name>[@size]."""
+    if model.startswith(PRETRAINED_PREFIX):
+        backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
+        return backbone, "imagenet", int(size or PRETRAINED_SIZE)
+    info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
+    return info["backbone"], f"{workdir.ssl_run_dir(model)}/{WEIGHTS}", info["input_size"]

@@ -114,8 +114,10 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
     stage("cluster", lambda: _cluster(workdir, cluster, ray_address),
           {"neighbors": _version(workdir, NEIGHBORS), **cluster.model_dump()})
     if config.self_label:
-        self_label = SelfLabelConfig(threshold=config.threshold, seed=config.seed)
-        stage("self-label", lambda: _self_label(workdir, self_label),
+        self_label = SelfLabelConfig(threshold=config.threshold, seed=config.seed,
+                                     mode=config.cluster_mode, workers=config.ssl.workers,
+                                     use_gpu=config.ssl.use_gpu)
+        stage("self-label", lambda: _self_label(workdir, self_label, ray_address),
               {"input": _stamp(workdir, CLUSTER_OUTPUT), **self_label.model_dump()})
     stage("assign", lambda: _assign(workdir, summary, ray_address))
     summary.export = workdir.path("exports", EXPORT_FILE)
@@ -169,8 +171,8 @@ def _cluster(workdir: Workdir, config: ClusterConfig, ray_address: str | None) -
     return f"model {result.version}, head {result.head_index}, sizes {result.sizes}"
 
 
-def _self_label(workdir: Workdir, config: SelfLabelConfig) -> str:
-    result = run_self_label(workdir, config)
+def _self_label(workdir: Workdir, config: SelfLabelConfig, ray_address: str | None) -> str:
+    result = run_self_label(workdir, config, ray_address)
     if result.accepted:
         return f"accepted: model {result.version}, sizes {result.sizes}"
     return "kept the input model: " + "; ".join(result.reasons)

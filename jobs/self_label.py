@@ -1,23 +1,45 @@
 """`fusc self-label`: stage 3, the current head fine-tuned on its own confident predictions.
 
-Kept only when its label-free checks (FUSC loss, smallest cluster, confident set, stability of
-the first confident labels) did not get worse; otherwise the input model stays current and the
-reasons are recorded in a rejected version, so nothing silently starves a cluster.
+Frozen mode (default, fast on CPU): the head alone, on the stored embeddings, with feature
+noise and dropout as the strong augmentation (`fusc_lib.clustering.self_label`).
+
+Network mode (the paper's): backbone and head together on images with Ray Train — the weak
+view names the targets, a strongly augmented view learns them
+(`fusc_lib.models.self_label_network`, through the SSL training job: workers, GPU, checkpoints
+and resume as there). The run `selflabel-<input version>` is then embedded like any model run,
+its per-site centering refitted, and its head judged on that space.
+
+Either way the result is kept only when its label-free checks (FUSC loss over the input's
+neighbours, smallest cluster, confident set, stability of the first confident labels) did not
+get worse; otherwise the input model stays current and the reasons are recorded in a rejected
+version, so nothing silently starves a cluster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from time import monotonic
+from typing import Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
+from fusc_lib.artifacts import exists
 from fusc_lib.cluster_model import ClusterModel, new_version
-from fusc_lib.clustering import self_label
+from fusc_lib.clustering import SelfLabelOutcome, judge_self_label, self_label
+from fusc_lib.models.encoder import embedding_key, is_trained, parse_embedding_key
+from fusc_lib.models.self_label_network import START_FILE, read_head, write_start
+from fusc_lib.sites import SiteCentering
+from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
-from jobs._vectors import clustering_space
+from jobs._vectors import ClusteringSpace, clustering_space
+from jobs.cluster import backbone_of
+from jobs.embed import EmbedConfig, run_embed
 from jobs.neighbors import load_neighbors
+from jobs.train_ssl import CONFIG_FILE, run_train_ssl
+from schemas.tables import SCANS
 
 
 class SelfLabelConfig(BaseModel):
@@ -25,9 +47,17 @@ class SelfLabelConfig(BaseModel):
 
     model: str | None = Field(None, description="Cluster model version; None: the current one.")
     threshold: float = Field(0.99, gt=0, le=1, description="Confidence that makes a target.")
-    epochs: int = Field(50, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(50, ge=1, description="frozen mode: epochs of the head.")
+    lr: float = Field(1e-3, gt=0, description="frozen mode: Adam step of the head.")
     seed: int = 0
+    mode: Literal["frozen", "network"] = Field("frozen", description="frozen: the head on the "
+                                               "stored embeddings; network: backbone and head "
+                                               "on augmented images (Ray Train).")
+    network_epochs: int = Field(10, ge=1, description="network mode: epochs.")
+    network_lr: float = Field(1e-4, gt=0, description="network mode: AdamW step (SCAN's).")
+    network_batch_size: int = Field(64, ge=2, description="network mode: global batch.")
+    workers: int = Field(1, ge=1, description="network mode: Ray Train workers.")
+    use_gpu: bool = False
 
 
 @dataclass
@@ -41,22 +71,81 @@ class SelfLabelSummary:
     seconds: float
 
 
-def run_self_label(workdir: Workdir, config: SelfLabelConfig) -> SelfLabelSummary:
+def run_self_label(workdir: Workdir, config: SelfLabelConfig,
+                   ray_address: str | None = None) -> SelfLabelSummary:
     started = monotonic()
     start = ClusterModel.load(workdir, config.model)
     space = clustering_space(workdir, start.embedding)
     neighbors = load_neighbors(workdir, start.embedding, space.image_ids)
     start.head.probabilities = start.head.predict(space.vectors)
-    outcome = self_label(space.vectors, start.head, neighbors, threshold=config.threshold,
-                         epochs=config.epochs, lr=config.lr, seed=config.seed)
+    if config.mode == "network":
+        embedding, centering, outcome = _self_label_network(workdir, config, start, space,
+                                                            neighbors, ray_address)
+    else:
+        embedding, centering = start.embedding, space.centering
+        outcome = self_label(space.vectors, start.head, neighbors, threshold=config.threshold,
+                             epochs=config.epochs, lr=config.lr, seed=config.seed)
     sizes = np.bincount(outcome.result.assignments, minlength=start.n_clusters).tolist()
-    notes = {"stage": "self-label", "input": start.version, "accepted": outcome.accepted,
-             "reasons": outcome.reasons, "label_stability": outcome.label_stability,
-             "sizes": sizes}
-    model = ClusterModel(version=new_version(start.n_clusters, "-sl"), embedding=start.embedding,
-                         centering=space.centering, site_model=start.site_model,
+    notes = {"stage": "self-label", "mode": config.mode, "input": start.version,
+             "accepted": outcome.accepted, "reasons": outcome.reasons,
+             "label_stability": outcome.label_stability, "sizes": sizes}
+    model = ClusterModel(version=new_version(start.n_clusters, "-sl"), embedding=embedding,
+                         centering=centering, site_model=start.site_model,
                          head=outcome.result, names=start.names, notes=notes)
     model.save(workdir, make_current=outcome.accepted)
     return SelfLabelSummary(model.version if outcome.accepted else start.version,
                             outcome.accepted, outcome.reasons, outcome.before.confident_share,
                             outcome.after.confident_share, sizes, monotonic() - started)
+
+
+def _self_label_network(workdir: Workdir, config: SelfLabelConfig, start: ClusterModel,
+                        space: ClusteringSpace, neighbors: np.ndarray, ray_address: str | None
+                        ) -> tuple[str, SiteCentering, SelfLabelOutcome]:
+    """Train (or resume, or reuse) the network run of `start`, embed the scans with it and
+    judge its head there; returns (its embedding key, its centering, the outcome)."""
+    ssl = network_config(workdir, config, start)
+    folder = workdir.ssl_run_dir(ssl.run)
+    if not is_trained(workdir, ssl.run):
+        resume = exists(f"{folder}/{CONFIG_FILE}")
+        if not resume:
+            write_start(ssl.selflabel_start, start.head.weight, start.head.bias, space.centering)
+        run_train_ssl(workdir, ssl, ray_address, resume=resume)
+    views = parse_embedding_key(start.embedding)[1]
+    run_embed(workdir, EmbedConfig(model=ssl.run, views=views, use_gpu=config.use_gpu),
+              ray_address)
+    embedding = embedding_key(ssl.run, views)
+    trained = clustering_space(workdir, embedding)
+    rows = _rows_of(trained.image_ids, space.image_ids)
+    head = read_head(folder)
+    with torch.no_grad():
+        logits = F.linear(torch.as_tensor(trained.vectors[rows]), head["weight"], head["bias"])
+    settings = {"mode": "network", "run": ssl.run, "threshold": config.threshold,
+                "epochs": ssl.epochs, "lr": ssl.lr, "batch_size": ssl.batch_size}
+    outcome = judge_self_label(start.head, head["weight"], head["bias"],
+                               F.softmax(logits, dim=1), neighbors, settings,
+                               threshold=config.threshold)
+    return embedding, trained.centering, outcome
+
+
+def _rows_of(available: list[str], wanted: list[str]) -> np.ndarray:
+    """Row in `available` of each id in `wanted` (the scans the input model was judged on)."""
+    row = {image_id: i for i, image_id in enumerate(available)}
+    missing = [image_id for image_id in wanted if image_id not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} scans of the input model have no embedding from the "
+                         "self-labeled network")
+    return np.asarray([row[image_id] for image_id in wanted])
+
+
+def network_config(workdir: Workdir, config: SelfLabelConfig, start: ClusterModel) -> SSLConfig:
+    """The training config of network mode: the input model's backbone and head, SimCLR-strength
+    augmentations for the strong view."""
+    backbone, init, size = backbone_of(workdir, parse_embedding_key(start.embedding)[0])
+    run = f"selflabel-{start.version}"
+    return SSLConfig(profile="selflabel-network", run_name=run, method="selflabel",
+                     backbone=backbone, init=init, image_size=size, epochs=config.network_epochs,
+                     lr=config.network_lr, batch_size=config.network_batch_size, strength=1.0,
+                     selflabel_start=f"{workdir.ssl_run_dir(run)}/{START_FILE}",
+                     selflabel_threshold=config.threshold, workers=config.workers,
+                     use_gpu=config.use_gpu, seed=config.seed
+                     ).fitted_to(workdir.table(SCANS).count_rows())

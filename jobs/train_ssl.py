@@ -12,6 +12,7 @@ config.json (the SSLConfig used), loss.csv (rewritten every epoch) and ray/ (che
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import threading
 import time
@@ -27,9 +28,10 @@ import ray.train.torch
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
 from fusc_lib.models import create_backbone, create_method, create_views
 from fusc_lib.models.backbones import ENCODER_INFO
-from fusc_lib.models.encoder import WEIGHTS, save_encoder
+from fusc_lib.models.self_label_network import read_start, site_indices
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.ssl_training import (
+    STATE_FILE,
     Schedule,
     TrainingState,
     loss_csv,
@@ -40,7 +42,7 @@ from fusc_lib.ssl_training import (
 )
 from fusc_lib.store import Workdir
 from jobs._ray import cluster_cpus, connect
-from schemas.tables import NEIGHBORS, SCANS
+from schemas.tables import NEIGHBORS, SCANS, SITES
 
 CONFIG_FILE = "config.json"
 LOSS_FILE = "loss.csv"
@@ -85,7 +87,7 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
     started = time.monotonic()
     with _ProgressPrinter(f"{folder}/{LOSS_FILE}"):
         result = trainer.fit()
-    _export_encoder(result.checkpoint, folder)
+    _export_run(result.checkpoint, folder)
     history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_FILE}"))
     return {"run": config.run, "run_dir": folder, "epochs": len(history),
             "final_loss": history[-1]["loss"] if history else None,
@@ -95,19 +97,45 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
 
 def _scan_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
     """`image` per scan; for `fusc`, also the `neighbor` image of one of its mined neighbours,
-    drawn anew on every pass."""
-    if config.method != "fusc":
-        return ray.data.read_lance(workdir.table_uri(SCANS), columns=["image"])
+    drawn anew on every pass; for `selflabel`, also the scan's `site` (its row in the site
+    means the run starts from)."""
+    if config.method == "fusc":
+        return _neighbour_rows(workdir, config)
+    if config.method == "selflabel":
+        return _site_rows(workdir, config)
+    return ray.data.read_lance(workdir.table_uri(SCANS), columns=["image"])
+
+
+def _neighbour_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
     if not config.neighbors_of:
         raise ValueError("method fusc needs neighbors_of: the embedding whose neighbours to use")
-    scans = workdir.table(SCANS)
-    if not any(index.columns == ["image_id"] for index in scans.list_indices()):
-        scans.create_scalar_index("image_id")  # each batch looks its images up by id
     return (ray.data.read_lance(workdir.table_uri(NEIGHBORS),
                                 columns=["image_id", "neighbor_ids"],
                                 filter=f"model_run = '{config.neighbors_of}'")
-            .map_batches(neighbour_pairs, fn_kwargs={"scans_uri": scans.uri},
+            .map_batches(neighbour_pairs, fn_kwargs={"scans_uri": _indexed_scans(workdir)},
                          batch_format="pyarrow"))
+
+
+def _site_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
+    known = read_start(config.selflabel_start)["sites"] if config.selflabel_start else []
+    return (ray.data.read_lance(workdir.table_uri(SITES), columns=["image_id", "site"])
+            .map_batches(scans_with_site, fn_kwargs={"scans_uri": _indexed_scans(workdir),
+                                                     "known": known},
+                         batch_format="pyarrow"))
+
+
+def _indexed_scans(workdir: Workdir) -> str:
+    """The scans table's URI, with the BTREE index that the per-batch lookups by id use."""
+    scans = workdir.table(SCANS)
+    if not any(index.columns == ["image_id"] for index in scans.list_indices()):
+        scans.create_scalar_index("image_id")
+    return scans.uri
+
+
+def _images_by_id(scans_uri: str, image_ids: list[str]) -> dict[str, bytes]:
+    found = lance.dataset(scans_uri).to_table(columns=["image_id", "image"],
+                                              filter=pc.field("image_id").isin(image_ids))
+    return dict(zip(found.column("image_id").to_pylist(), found.column("image").to_pylist()))
 
 
 def neighbour_pairs(batch: pa.Table, scans_uri: str) -> pa.Table:
@@ -115,11 +143,20 @@ def neighbour_pairs(batch: pa.Table, scans_uri: str) -> pa.Table:
     rng = np.random.default_rng()
     anchors = batch.column("image_id").to_pylist()
     partners = [ids[rng.integers(len(ids))] for ids in batch.column("neighbor_ids").to_pylist()]
-    found = lance.dataset(scans_uri).to_table(
-        columns=["image_id", "image"], filter=pc.field("image_id").isin(anchors + partners))
-    image = dict(zip(found.column("image_id").to_pylist(), found.column("image").to_pylist()))
+    image = _images_by_id(scans_uri, anchors + partners)
     return pa.table({"image": pa.array([image[i] for i in anchors], pa.binary()),
                      "neighbor": pa.array([image[i] for i in partners], pa.binary())})
+
+
+def scans_with_site(batch: pa.Table, scans_uri: str, known: list[str]) -> pa.Table:
+    """Rows of `sites` -> the stored image of each scan and its row in the site means."""
+    image = _images_by_id(scans_uri, batch.column("image_id").to_pylist())
+    present = [i for i, image_id in enumerate(batch.column("image_id").to_pylist())
+               if image_id in image]  # a scan deleted since `fusc sites` is skipped
+    rows = batch.take(present)
+    return pa.table({"image": pa.array([image[i] for i in rows.column("image_id").to_pylist()],
+                                       pa.binary()),
+                     "site": site_indices(rows.column("site").to_pylist(), known)})
 
 
 def _run_config(workdir: Workdir, config: SSLConfig, resume: bool) -> SSLConfig:
@@ -173,19 +210,21 @@ def _train_worker(loop: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 state.save(method, optimizer, folder)
-                save_encoder(method.backbone, config.image_size, folder)
+                method.export(folder, config.image_size)
             saved = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None  # ray
             ray.train.report(stats.row(), checkpoint=saved)  # ray
         if rank == 0:  # after the checkpoint: a row in loss.csv means its epoch was saved
             write_bytes(f"{loop['run_dir']}/{LOSS_FILE}", loss_csv(state.history))
 
 
-def _export_encoder(checkpoint: ray.train.Checkpoint | None, folder: str) -> None:
-    """Copy the last checkpoint's backbone.pt and encoder.json to the run folder."""
+def _export_run(checkpoint: ray.train.Checkpoint | None, folder: str) -> None:
+    """Copy what the method exported (backbone.pt, encoder.json, ...) from the last checkpoint
+    to the run folder; encoder.json last, since its presence marks a finished run."""
     if checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
     with checkpoint.as_directory() as saved:
-        for name in (WEIGHTS, ENCODER_INFO):
+        names = sorted(set(os.listdir(saved)) - {STATE_FILE, ENCODER_INFO}) + [ENCODER_INFO]
+        for name in names:
             write_bytes(f"{folder}/{name}", read_bytes(f"{saved}/{name}"))
 
 
