@@ -63,6 +63,7 @@ class SelfLabelConfig(BaseModel):
 @dataclass
 class SelfLabelSummary:
     version: str  # the current model afterwards: the new one if accepted, else the input
+    written: str  # the version this stage wrote (kept for the record when rejected)
     accepted: bool
     reasons: list[str]
     confident_before: float
@@ -94,8 +95,9 @@ def run_self_label(workdir: Workdir, config: SelfLabelConfig,
                          head=outcome.result, names=start.names, notes=notes)
     model.save(workdir, make_current=outcome.accepted)
     return SelfLabelSummary(model.version if outcome.accepted else start.version,
-                            outcome.accepted, outcome.reasons, outcome.before.confident_share,
-                            outcome.after.confident_share, sizes, monotonic() - started)
+                            model.version, outcome.accepted, outcome.reasons,
+                            outcome.before.confident_share, outcome.after.confident_share,
+                            sizes, monotonic() - started)
 
 
 def _self_label_network(workdir: Workdir, config: SelfLabelConfig, start: ClusterModel,

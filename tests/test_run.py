@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.preprocess import workdir_preprocess
@@ -23,7 +24,7 @@ from fusc_lib.store import Workdir
 from jobs.assign import run_assign
 from jobs.export import COLUMNS, export_table, write_export
 from jobs.run import RunConfig, run_all
-from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
+from schemas.tables import ASSIGNMENTS, EMBEDDINGS, NEIGHBORS, SCANS, SITES
 
 PRETRAINED = "pretrained:efficientnet_lite0"
 TINY_SSL = {"image_size": 32, "epochs": 2, "batch_size": 8}
@@ -196,6 +197,34 @@ def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
     neighbors = store.table(NEIGHBORS).to_lance().to_table(filter=f"model_run = '{run}~views2'")
     assert neighbors.num_rows == store.table(SCANS).count_rows()
     store.write_json({"version": before}, "models", "cluster", "current.json")
+
+
+def test_network_self_label_trains_backbone_and_head_on_images(finished):
+    """The paper's stage 3: 2 Ray Train workers self-label backbone and head on weak/strong
+    views; the run is embedded and judged like any model, and a rerun reuses it."""
+    from fusc_lib.models.self_label_network import read_head
+    from jobs.self_label import SelfLabelConfig, run_self_label
+
+    store, *_ = finished
+    start = ClusterModel.load(store)
+    config = SelfLabelConfig(mode="network", network_epochs=2, workers=2, threshold=0.5)
+    summary = run_self_label(store, config)
+    folder = Path(store.ssl_run_dir(f"selflabel-{start.version}"))
+    loss_csv = folder / "loss.csv"
+    assert len(loss_csv.read_text().splitlines()) == 1 + 2
+    assert not torch.equal(read_head(str(folder))["weight"], start.head.weight)
+    written = ClusterModel.load(store, summary.written)
+    embedding = f"selflabel-{start.version}~views2"
+    assert written.embedding == embedding and written.notes["mode"] == "network"
+    assert written.notes["input"] == start.version
+    assert current_version(store) == (summary.written if summary.accepted else start.version)
+    embedded = store.table(EMBEDDINGS).count_rows(f"model_run = '{embedding}'")
+    assert embedded == store.table(SCANS).count_rows()
+    trained_at = loss_csv.stat().st_mtime_ns
+    store.write_json({"version": start.version}, "models", "cluster", "current.json")
+    run_self_label(store, config)
+    assert loss_csv.stat().st_mtime_ns == trained_at  # the finished run was reused
+    store.write_json({"version": start.version}, "models", "cluster", "current.json")
 
 
 def test_run_command_prints_site_nmi_and_scores_against_labels(finished, tmp_path, data_dir):
