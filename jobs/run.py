@@ -54,6 +54,8 @@ class RunConfig(BaseModel):
     cluster_epochs: int = Field(100, ge=1)
     cluster_mode: Literal["frozen", "network"] = "frozen"
     self_label: bool = True
+    self_label_mode: Literal["frozen", "network"] | None = Field(
+        None, description="None: as cluster_mode.")
     threshold: float = Field(0.99, gt=0, le=1)
     seed: int = 0
 
@@ -115,7 +117,8 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
           {"neighbors": _version(workdir, NEIGHBORS), **cluster.model_dump()})
     if config.self_label:
         self_label = SelfLabelConfig(threshold=config.threshold, seed=config.seed,
-                                     mode=config.cluster_mode, workers=config.ssl.workers,
+                                     mode=config.self_label_mode or config.cluster_mode,
+                                     workers=config.ssl.workers,
                                      use_gpu=config.ssl.use_gpu)
         stage("self-label", lambda: _self_label(workdir, self_label, ray_address),
               {"input": _stamp(workdir, CLUSTER_OUTPUT), **self_label.model_dump()})
