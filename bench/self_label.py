@@ -1,0 +1,69 @@
+"""Self-labeling, frozen against network mode, from the same cluster models.
+
+Stage 3 alone moves the scores by a few points, less than a fresh SSL model per seed does, so
+this benchmark holds everything before it fixed: it takes a finished workdir (e.g. of
+`fusc run --workdir W ../shared/data/african-planes/images --clusters 4`), trains FUSC heads with
+several seeds on its current embedding, and self-labels each in both modes. The labels only
+score (purity, NMI, Hungarian accuracy against `view`, smallest cluster, NMI against `site`);
+prints one table, mean [min–max] over seeds, with each mode's minutes.
+
+    .venv/bin/python -m bench.self_label --workdir W --labels ../shared/data/african-planes/labels.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench.quality import summarise
+from fusc_lib.cluster_model import ClusterModel
+from fusc_lib.diagnostics import clustering_scores, labels_of, read_labels
+from fusc_lib.store import Workdir
+from jobs._vectors import clustering_space
+from jobs.cluster import ClusterConfig, run_cluster
+from jobs.self_label import SelfLabelConfig, run_self_label
+
+
+def scores(workdir: Workdir, version: str, labels: dict) -> dict[str, float]:
+    """Scores of a cluster model's predictions on the embedding it reads."""
+    model = ClusterModel.load(workdir, version)
+    space = clustering_space(workdir, model.embedding)
+    clusters = model.head.predict(space.vectors).argmax(dim=1).numpy()
+    views, sites = labels_of(workdir, labels, space.image_ids)
+    return clustering_scores(views, sites, clusters)
+
+
+def one_seed(workdir: Workdir, labels: dict, clusters: int, seed: int,
+             network_epochs: int) -> dict[str, dict]:
+    embedding = ClusterModel.load(workdir).embedding
+    start = run_cluster(workdir, ClusterConfig(embedding=embedding, clusters=clusters,
+                                               seed=seed)).version
+    results = {"FUSC heads (input)": scores(workdir, start, labels)}
+    for mode in ("frozen", "network"):
+        started = time.monotonic()
+        outcome = run_self_label(workdir, SelfLabelConfig(model=start, mode=mode, seed=seed,
+                                                          network_epochs=network_epochs))
+        results[f"+ self-label, {mode}"] = {**scores(workdir, outcome.written, labels),
+                                            "minutes": (time.monotonic() - started) / 60,
+                                            "accepted": float(outcome.accepted)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a finished `fusc run` workdir")
+    parser.add_argument("--labels", required=True, help="CSV with file, view, site")
+    parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--network-epochs", type=int, default=10)
+    args = parser.parse_args()
+    workdir, labels = Workdir(args.workdir), read_labels([args.labels])
+    runs = [one_seed(workdir, labels, args.clusters, seed, args.network_epochs)
+            for seed in args.seeds]
+    print(f"\n{args.workdir}, {args.clusters} clusters, seeds {args.seeds} "
+          "(labels used only to score; rejected results scored as written)")
+    summarise(runs)
+
+
+if __name__ == "__main__":
+    main()
