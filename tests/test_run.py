@@ -200,32 +200,31 @@ def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
 
 
 def test_network_self_label_trains_backbone_and_head_on_images(finished):
-    """The paper's stage 3: 2 Ray Train workers self-label backbone and head on weak/strong
-    views; the run is embedded and judged like any model, and a rerun reuses it."""
+    """The paper's stage 3 through `fusc run --self-label-mode network`: 2 Ray Train workers
+    self-label backbone and head on weak/strong views; the run is embedded and judged like any
+    model, and self-labeling the same input again reuses it."""
     from fusc_lib.models.self_label_network import read_head
     from jobs.self_label import SelfLabelConfig, run_self_label
 
-    store, *_ = finished
-    start = ClusterModel.load(store)
-    config = SelfLabelConfig(mode="network", network_epochs=2, workers=2, threshold=0.5)
-    summary = run_self_label(store, config)
+    store, config, *_ = finished
+    run_all(store, config.model_copy(update={"self_label_mode": "network",
+                                             "ssl": SSLConfig(workers=2)}))
+    start = ClusterModel.load(store, store.read_json("stages", "cluster-output.json")["version"])
     folder = Path(store.ssl_run_dir(f"selflabel-{start.version}"))
     loss_csv = folder / "loss.csv"
-    assert len(loss_csv.read_text().splitlines()) == 1 + 2
+    assert len(loss_csv.read_text().splitlines()) == 1 + SelfLabelConfig().network_epochs
     assert not torch.equal(read_head(str(folder))["weight"], start.head.weight)
-    written = ClusterModel.load(store, summary.written)
     embedding = f"selflabel-{start.version}~views2"
-    # a rejected try is recorded as the input model, so a written version is always coherent
-    assert written.embedding == (embedding if summary.accepted else start.embedding)
-    assert written.notes["mode"] == "network"
-    assert written.notes["input"] == start.version
-    assert current_version(store) == (summary.written if summary.accepted else start.version)
     embedded = store.table(EMBEDDINGS).count_rows(f"model_run = '{embedding}'")
     assert embedded == store.table(SCANS).count_rows()
     trained_at = loss_csv.stat().st_mtime_ns
-    store.write_json({"version": start.version}, "models", "cluster", "current.json")
-    run_self_label(store, config)
+    summary = run_self_label(store, SelfLabelConfig(model=start.version, mode="network"))
     assert loss_csv.stat().st_mtime_ns == trained_at  # the finished run was reused
+    written = ClusterModel.load(store, summary.written)
+    # a rejected try is recorded as the input model, so a written version is always coherent
+    assert written.embedding == (embedding if summary.accepted else start.embedding)
+    assert written.notes["mode"] == "network" and written.notes["input"] == start.version
+    assert current_version(store) == (summary.written if summary.accepted else start.version)
     store.write_json({"version": start.version}, "models", "cluster", "current.json")
 
 
