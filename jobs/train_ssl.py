@@ -5,8 +5,10 @@ never loaded whole); Ray Train runs the plain PyTorch loop of `fusc_lib.ssl_trai
 `config.workers` replicas. Each epoch rank 0 reports a checkpoint; a killed run continues from the
 last one with `resume=True` (Ray Train resumes a run that has the same storage path and name).
 
-Outputs in `<workdir>/models/ssl/<run>/`: backbone.pt + encoder.json (what `load_encoder` reads),
-config.json (the SSLConfig used), loss.csv (rewritten every epoch) and ray/ (checkpoints).
+Outputs in `<workdir>/models/ssl/<run>/`: backbone.pt + encoder.json (what `load_encoder` reads;
+the `selflabel` method adds head.pt), config.json (the SSLConfig used), loss.csv (rewritten every
+epoch) and ray/ (checkpoints). The same job trains stages 2 and 3 on the full network (methods
+`fusc` and `selflabel`): only the rows it streams differ.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ def _neighbour_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
 
 
 def _site_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
-    known = read_start(config.selflabel_start)["sites"] if config.selflabel_start else []
+    if not config.selflabel_start:
+        raise ValueError("method selflabel needs selflabel_start: the head to start from")
+    known = read_start(config.selflabel_start)["sites"]
     return (ray.data.read_lance(workdir.table_uri(SITES), columns=["image_id", "site"])
             .map_batches(scans_with_site, fn_kwargs={"scans_uri": _indexed_scans(workdir),
                                                      "known": known},
