@@ -7,7 +7,8 @@ several seeds on its current embedding, and self-labels each in both modes. The 
 score (purity, NMI, Hungarian accuracy against `view`, smallest cluster, NMI against `site`);
 prints one table, mean [min–max] over seeds, with each mode's minutes.
 
-    .venv/bin/python -m bench.self_label --workdir W --labels ../shared/data/african-planes/labels.csv
+    .venv/bin/python -m bench.self_label --workdir W \
+        --labels ../shared/data/african-planes/labels.csv [--embedding KEY]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fusc_lib.diagnostics import clustering_scores, labels_of, read_labels
 from fusc_lib.store import Workdir
 from jobs._vectors import clustering_space
 from jobs.cluster import ClusterConfig, run_cluster
+from jobs.neighbors import run_neighbors
 from jobs.self_label import SelfLabelConfig, run_self_label
 
 
@@ -33,9 +35,8 @@ def scores(workdir: Workdir, version: str, labels: dict) -> dict[str, float]:
     return clustering_scores(views, sites, clusters)
 
 
-def one_seed(workdir: Workdir, labels: dict, clusters: int, seed: int,
+def one_seed(workdir: Workdir, embedding: str, labels: dict, clusters: int, seed: int,
              network_epochs: int) -> dict[str, dict]:
-    embedding = ClusterModel.load(workdir).embedding
     start = run_cluster(workdir, ClusterConfig(embedding=embedding, clusters=clusters,
                                                seed=seed)).version
     results = {"FUSC heads (input)": scores(workdir, start, labels)}
@@ -53,12 +54,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a finished `fusc run` workdir")
     parser.add_argument("--labels", required=True, help="CSV with file, view, site")
+    parser.add_argument("--embedding", help="embedding key to cluster [default: the current "
+                                            "model's]")
     parser.add_argument("--clusters", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--network-epochs", type=int, default=10)
     args = parser.parse_args()
     workdir, labels = Workdir(args.workdir), read_labels([args.labels])
-    runs = [one_seed(workdir, labels, args.clusters, seed, args.network_epochs)
+    embedding = args.embedding or ClusterModel.load(workdir).embedding
+    run_neighbors(workdir, embedding)  # mined again: the stored ones may be of older vectors
+    runs = [one_seed(workdir, embedding, labels, args.clusters, seed, args.network_epochs)
             for seed in args.seeds]
     print(f"\n{args.workdir}, {args.clusters} clusters, seeds {args.seeds} "
           "(labels used only to score; rejected results scored as written)")
