@@ -364,9 +364,11 @@ def assign(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     ray_address: RayAddressOption = None,
 ) -> None:
-    """Write the cluster of every embedded scan into the `assignments` table.
+    """Write the cluster of every scan into the `assignments` table.
 
-    Only scans not yet assigned by this model version are done: reruns add nothing.
+    Only scans not yet assigned by this model version are done: reruns add nothing. Scans
+    ingested since the model was made are embedded first (its encoder and views) and, without
+    a named site, put in the style group the model's saved site model gives them.
     """
     from fusc_lib.store import Workdir
     from jobs.assign import run_assign
@@ -375,7 +377,8 @@ def assign(
         summary = run_assign(Workdir(workdir), model, ray_address)
     except ValueError as error:
         _fail(str(error))
-    console.print(f"model {summary.version}: {summary.assigned} assigned, "
+    embedded = f"{summary.embedded} new scans embedded first, " if summary.embedded else ""
+    console.print(f"model {summary.version}: {embedded}{summary.assigned} assigned, "
                   f"{summary.already_done} already; cluster sizes {summary.sizes}")
 
 

@@ -23,7 +23,7 @@ from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.io import BadInput, content_id, decode, frame_id
 from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
 from fusc_lib.preprocess import PREPROCESS_FILE, PreparedFrame, PreprocessConfig, Preprocessor
-from fusc_lib.sites import site_name, style_features
+from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir
 from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SCANS
 
@@ -184,15 +184,9 @@ class OnlineClusterer:
     @staticmethod
     def _site(given: str | None, prepared: PreparedFrame, frame: np.ndarray,
               version: _Version) -> str | None:
-        """The given site, else the style group `fusc sites` would infer (`resolve_sites`)."""
-        if given:
-            return given
-        site_model = version.model.site_model
-        if site_model is None:
-            return None
+        """The given site, else the style group `fusc sites` would infer."""
         height, width = frame.shape[:2]
-        group = site_model.predict(style_features(prepared.pixels, width, height))[0]
-        return site_name(int(group))
+        return site_of_new_scan(given, prepared.pixels, width, height, version.model.site_model)
 
     def classify(self, scan: EmbeddedScan) -> dict:
         """The response of /v1/cluster for an embedded scan."""

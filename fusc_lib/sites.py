@@ -131,6 +131,19 @@ def site_name(group: int) -> str:
     return f"style-{group}"
 
 
+def site_of_new_scan(given: str | None, image: np.ndarray, width: int, height: int,
+                     site_model: SiteModel | None) -> str | None:
+    """The site of a scan the style groups were not fitted on (served, or ingested since
+    `fusc sites`): the given one, else the group the saved model puts it in, else None (the
+    centering then uses its overall mean). `image` is the stored scan, width × height the
+    original frame."""
+    if given:
+        return given
+    if site_model is None:
+        return None
+    return site_name(int(site_model.predict(style_features(image, width, height))[0]))
+
+
 @dataclass
 class SiteCentering:
     """The mean embedding of each site, subtracted before clustering (then re-normalised)."""

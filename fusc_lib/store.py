@@ -11,14 +11,22 @@ import json
 import os
 from datetime import UTC, datetime
 
+import lance
 import lancedb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from fusc_lib import artifacts
 from schemas.tables import SCHEMAS
 
 DEFAULT_WORKDIR = "./fusc-work"
+
+
+def rows_by_id(table_uri: str, image_ids: list[str], columns: list[str]) -> pa.Table:
+    """The rows of a Lance table whose image_id is one of `image_ids` (any order)."""
+    return lance.dataset(table_uri).to_table(columns=columns,
+                                             filter=pc.field("image_id").isin(image_ids))
 
 
 def utc_now() -> datetime:
@@ -63,6 +71,14 @@ class Workdir:
     def table_uri(self, name: str) -> str:
         """The Lance dataset URI of a table, for Ray Data's read_lance / write_lance."""
         return self.table(name).uri
+
+    def indexed_uri(self, name: str, column: str = "image_id") -> str:
+        """The URI of a table with a BTREE index on `column`, so that workers can look rows up
+        by id (`rows_by_id`) without scanning it."""
+        table = self.table(name)
+        if not any(index.columns == [column] for index in table.list_indices()):
+            table.create_scalar_index(column)
+        return table.uri
 
     def column(self, name: str, column: str) -> pa.ChunkedArray:
         """One column of a table, read without touching the others (image bytes stay on disk)."""

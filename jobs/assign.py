@@ -2,7 +2,10 @@
 
 Ray Data batch inference: read the model's embeddings, centre them by site and apply the
 head in an actor pool (the model loaded once per actor); the driver commits rows as they come.
-Incremental like `fusc embed`: scans already assigned by this version are skipped.
+Incremental like `fusc embed`: scans already assigned by this version are skipped. Scans
+ingested after the model was made are assigned too: they are first embedded with the model's
+encoder and views, and those `fusc sites` has not seen get their site from the model's saved
+style groups, exactly as `fusc serve` does for a new scan.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import pyarrow.compute as pc
 import ray
 
 from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.models.encoder import parse_embedding_key
+from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
-from fusc_lib.store import Workdir, utc_now
+from fusc_lib.sites import site_of_new_scan
+from fusc_lib.store import Workdir, rows_by_id, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
-from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SITES
+from jobs.embed import EmbedConfig, run_embed
+from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SCANS, SITES
 
 COMMIT_ROWS = 50_000
 
@@ -32,14 +39,16 @@ class AssignSummary:
     already_done: int
     sizes: list[int]  # scans per cluster under this version, all of them
     seconds: float
+    embedded: int = 0  # scans embedded first (new since the model's embedding was made)
 
 
 class _AssignActor:
     def __init__(self, workdir_root: str, version: str, done_ref: ray.ObjectRef,
-                 sites_ref: ray.ObjectRef):
+                 sites_ref: ray.ObjectRef, scans_uri: str):
         self.model = ClusterModel.load(Workdir(workdir_root), version)
         self.done = ray.get(done_ref)
         self.sites = ray.get(sites_ref)
+        self.scans_uri = scans_uri
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if len(self.done):
@@ -48,9 +57,20 @@ class _AssignActor:
         ids = batch.column("image_id").to_pylist()
         vectors = np.asarray(batch.column("vector").combine_chunks().flatten(),
                              dtype=np.float32).reshape(len(ids), -1)
+        unseen = [image_id for image_id in ids if image_id not in self.sites]
+        if unseen:
+            self.sites.update(self._sites_of_new_scans(unseen))
         probabilities = self.model.probabilities(vectors, [self.sites[i] for i in ids]) \
             if ids else np.zeros((0, self.model.n_clusters), np.float32)
         return assignment_rows(ids, probabilities, self.model.version)
+
+    def _sites_of_new_scans(self, image_ids: list[str]) -> dict[str, str | None]:
+        rows = rows_by_id(self.scans_uri, image_ids, ["image_id", "image", "width", "height",
+                                                      "site"])
+        return {image_id: site_of_new_scan(site, decode_png(image), width, height,
+                                           self.model.site_model)
+                for image_id, image, width, height, site in zip(
+                    *(rows.column(name).to_pylist() for name in rows.column_names))}
 
 
 def assignment_rows(image_ids: list[str], probabilities: np.ndarray, version: str) -> pa.Table:
@@ -71,6 +91,7 @@ def run_assign(workdir: Workdir, version: str | None = None,
     started = monotonic()
     version = version or current_version(workdir)
     model = ClusterModel.load(workdir, version)
+    embedded = _embed_new_scans(workdir, model, ray_address)
     done = assigned_ids(workdir, version)
     embedding_filter = f"model_run = '{model.embedding}'"
     total = workdir.table(EMBEDDINGS).count_rows(embedding_filter)
@@ -80,7 +101,13 @@ def run_assign(workdir: Workdir, version: str | None = None,
         appended = _stream_assignments(workdir, model, embedding_filter, done, total - len(done))
     return AssignSummary(version, appended, len(done), cluster_sizes(workdir, version,
                                                                     model.n_clusters),
-                         monotonic() - started)
+                         monotonic() - started, embedded)
+
+
+def _embed_new_scans(workdir: Workdir, model: ClusterModel, ray_address: str | None) -> int:
+    """Embed, with the model's encoder and views, the scans that have no such vector yet."""
+    encoder, views = parse_embedding_key(model.embedding)
+    return run_embed(workdir, EmbedConfig(model=encoder, views=views), ray_address).embedded
 
 
 def _stream_assignments(workdir: Workdir, model: ClusterModel, embedding_filter: str,
@@ -93,7 +120,8 @@ def _stream_assignments(workdir: Workdir, model: ClusterModel, embedding_filter:
                             fn_constructor_kwargs={"workdir_root": workdir.root,
                                                    "version": model.version,
                                                    "done_ref": ray.put(done),
-                                                   "sites_ref": ray.put(site_of)},
+                                                   "sites_ref": ray.put(site_of),
+                                                   "scans_uri": workdir.indexed_uri(SCANS)},
                             num_cpus=1, compute=ray.data.ActorPoolStrategy(
                                 size=min(cluster_cpus(), max(1, pending // 100_000 + 1)))))
     sink = TableAppender(workdir, ASSIGNMENTS, COMMIT_ROWS)

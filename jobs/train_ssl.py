@@ -19,10 +19,8 @@ import tempfile
 import threading
 import time
 
-import lance
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.train
 import ray.train.torch
@@ -42,7 +40,7 @@ from fusc_lib.ssl_training import (
     train_one_epoch,
     view_columns,
 )
-from fusc_lib.store import Workdir
+from fusc_lib.store import Workdir, rows_by_id
 from jobs._ray import cluster_cpus, connect
 from schemas.tables import NEIGHBORS, SCANS, SITES
 
@@ -114,7 +112,7 @@ def _neighbour_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
     return (ray.data.read_lance(workdir.table_uri(NEIGHBORS),
                                 columns=["image_id", "neighbor_ids"],
                                 filter=f"model_run = '{config.neighbors_of}'")
-            .map_batches(neighbour_pairs, fn_kwargs={"scans_uri": _indexed_scans(workdir)},
+            .map_batches(neighbour_pairs, fn_kwargs={"scans_uri": workdir.indexed_uri(SCANS)},
                          batch_format="pyarrow"))
 
 
@@ -123,22 +121,13 @@ def _site_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
         raise ValueError("method selflabel needs selflabel_start: the head to start from")
     known = read_start(config.selflabel_start)["sites"]
     return (ray.data.read_lance(workdir.table_uri(SITES), columns=["image_id", "site"])
-            .map_batches(scans_with_site, fn_kwargs={"scans_uri": _indexed_scans(workdir),
+            .map_batches(scans_with_site, fn_kwargs={"scans_uri": workdir.indexed_uri(SCANS),
                                                      "known": known},
                          batch_format="pyarrow"))
 
 
-def _indexed_scans(workdir: Workdir) -> str:
-    """The scans table's URI, with the BTREE index that the per-batch lookups by id use."""
-    scans = workdir.table(SCANS)
-    if not any(index.columns == ["image_id"] for index in scans.list_indices()):
-        scans.create_scalar_index("image_id")
-    return scans.uri
-
-
 def _images_by_id(scans_uri: str, image_ids: list[str]) -> dict[str, bytes]:
-    found = lance.dataset(scans_uri).to_table(columns=["image_id", "image"],
-                                              filter=pc.field("image_id").isin(image_ids))
+    found = rows_by_id(scans_uri, image_ids, ["image_id", "image"])
     return dict(zip(found.column("image_id").to_pylist(), found.column("image").to_pylist()))
 
 

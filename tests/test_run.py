@@ -249,3 +249,25 @@ def test_run_command_prints_site_nmi_and_scores_against_labels(finished, tmp_pat
     assert result.exit_code == 0, result.output
     assert "NMI of the clusters against site" in result.output
     assert "clusters against the labels" in result.output and "purity" in result.output
+
+
+def test_assign_embeds_and_places_scans_ingested_after_the_model(finished, tmp_path, data_dir):
+    """New scans, ingested after clustering, with no vector and no site: `fusc assign` embeds
+    them with the model's encoder, puts them in a style group and assigns them like the rest
+    (last in this file: it adds scans to the shared workdir)."""
+    from fusc_lib.ingest import IngestConfig
+    from jobs.ingest import run_ingest
+
+    store, *_ = finished
+    model = ClusterModel.load(store)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    for path in sorted((data_dir / "african-planes" / "images").glob("*.png"))[8:10]:
+        shutil.copy(path, newer / f"african-planes__{path.name}")
+    run_ingest(store, IngestConfig(paths=[str(newer)]), workdir_preprocess(store))
+    scans = store.table(SCANS).count_rows()
+    assert scans == 18 and store.table(SITES).count_rows() == 16
+    summary = run_assign(store)
+    assert summary.embedded == 2 and summary.assigned == 2 and sum(summary.sizes) == scans
+    vectors = store.table(EMBEDDINGS).count_rows(f"model_run = '{model.embedding}'")
+    assert vectors == scans
