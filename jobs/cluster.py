@@ -13,28 +13,19 @@ frozen heads trained on that space, so assignment and serving read one kind of m
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from time import monotonic
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from fusc_lib.artifacts import exists, read_bytes
+from fusc_lib.artifacts import exists
 from fusc_lib.cluster_model import ClusterModel, new_version
 from fusc_lib.clustering import DEFAULT_EPOCHS, DEFAULT_LR, train_cluster_heads
-from fusc_lib.models.backbones import ENCODER_INFO
-from fusc_lib.models.encoder import (
-    PRETRAINED_PREFIX,
-    PRETRAINED_SIZE,
-    WEIGHTS,
-    embedding_key,
-    is_trained,
-    parse_embedding_key,
-)
+from fusc_lib.models.encoder import embedding_key, is_trained, parse_embedding_key
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
+from jobs._network import NetworkOptions, backbone_of
 from jobs._vectors import clustering_space
 from jobs.embed import EmbedConfig, run_embed
 from jobs.neighbors import DEFAULT_K, load_neighbors, run_neighbors
@@ -43,7 +34,7 @@ from jobs.train_ssl import CONFIG_FILE, run_train_ssl
 from schemas.tables import SCANS
 
 
-class ClusterConfig(BaseModel):
+class ClusterConfig(NetworkOptions):
     """Every option of `fusc cluster`."""
 
     embedding: str = Field(description="embeddings.model_run to cluster (`fusc embed` prints it).")
@@ -55,15 +46,7 @@ class ClusterConfig(BaseModel):
     lr: float = Field(DEFAULT_LR, gt=0)
     batch_size: int = Field(128, ge=2)
     seed: int = 0
-    mode: Literal["frozen", "network"] = Field("frozen", description="frozen: heads on the "
-                                               "stored embeddings; network: fine-tune the "
-                                               "backbone with the heads first (Ray Train).")
-    network_epochs: int = Field(10, ge=1, description="network mode: epochs of fine-tuning.")
-    network_lr: float = Field(1e-4, gt=0, description="network mode: Adam step (SCAN's).")
-    network_batch_size: int = Field(64, ge=2, description="network mode: global batch.")
     k: int = Field(DEFAULT_K, ge=1, description="network mode: neighbours mined again.")
-    workers: int = Field(1, ge=1, description="network mode: Ray Train workers.")
-    use_gpu: bool = False
 
 
 @dataclass
@@ -128,13 +111,3 @@ def network_config(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
                      entropy_weight=config.entropy_weight, neighbors_of=config.embedding,
                      workers=config.workers, use_gpu=config.use_gpu, seed=config.seed
                      ).fitted_to(workdir.table(SCANS).count_rows())
-
-
-def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
-    """(timm architecture, init, input size) that continue training model `model`: an SSL run
-    of the workdir, or pretrained:<name>[@size]."""
-    if model.startswith(PRETRAINED_PREFIX):
-        backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
-        return backbone, "imagenet", int(size or PRETRAINED_SIZE)
-    info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
-    return info["backbone"], f"{workdir.ssl_run_dir(model)}/{WEIGHTS}", info["input_size"]

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from time import monotonic
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from fusc_lib.artifacts import exists
 from fusc_lib.cluster_model import ClusterModel, new_version
@@ -34,15 +33,15 @@ from fusc_lib.models.self_label_network import START_FILE, read_head, write_star
 from fusc_lib.sites import SiteCentering
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
+from jobs._network import NetworkOptions, backbone_of
 from jobs._vectors import ClusteringSpace, clustering_space
-from jobs.cluster import backbone_of
 from jobs.embed import EmbedConfig, run_embed
 from jobs.neighbors import load_neighbors
 from jobs.train_ssl import CONFIG_FILE, run_train_ssl
 from schemas.tables import SCANS
 
 
-class SelfLabelConfig(BaseModel):
+class SelfLabelConfig(NetworkOptions):
     """Every option of `fusc self-label`."""
 
     model: str | None = Field(None, description="Cluster model version; None: the current one.")
@@ -50,14 +49,6 @@ class SelfLabelConfig(BaseModel):
     epochs: int = Field(50, ge=1, description="frozen mode: epochs of the head.")
     lr: float = Field(1e-3, gt=0, description="frozen mode: Adam step of the head.")
     seed: int = 0
-    mode: Literal["frozen", "network"] = Field("frozen", description="frozen: the head on the "
-                                               "stored embeddings; network: backbone and head "
-                                               "on augmented images (Ray Train).")
-    network_epochs: int = Field(10, ge=1, description="network mode: epochs.")
-    network_lr: float = Field(1e-4, gt=0, description="network mode: AdamW step (SCAN's).")
-    network_batch_size: int = Field(64, ge=2, description="network mode: global batch.")
-    workers: int = Field(1, ge=1, description="network mode: Ray Train workers.")
-    use_gpu: bool = False
 
 
 @dataclass

@@ -1,0 +1,35 @@
+"""What the stages that can also train the full network (`fusc cluster`, `fusc self-label`)
+share: their network-mode options, and the backbone a network run continues from."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from fusc_lib.artifacts import read_bytes
+from fusc_lib.models.backbones import ENCODER_INFO
+from fusc_lib.models.encoder import PRETRAINED_PREFIX, PRETRAINED_SIZE, WEIGHTS
+from fusc_lib.store import Workdir
+
+
+class NetworkOptions(BaseModel):
+    mode: Literal["frozen", "network"] = Field(
+        "frozen", description="frozen: on the stored embeddings (fast, CPU); network: the "
+                              "backbone trains too, on augmented images (Ray Train).")
+    network_epochs: int = Field(10, ge=1, description="network mode: epochs.")
+    network_lr: float = Field(1e-4, gt=0, description="network mode: AdamW step (SCAN's).")
+    network_batch_size: int = Field(64, ge=2, description="network mode: global batch.")
+    workers: int = Field(1, ge=1, description="network mode: Ray Train workers.")
+    use_gpu: bool = Field(False, description="network mode: one GPU per worker.")
+
+
+def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
+    """(timm architecture, init, input size) that continue training model `model`: an SSL run
+    of the workdir, or pretrained:<name>[@size]."""
+    if model.startswith(PRETRAINED_PREFIX):
+        backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
+        return backbone, "imagenet", int(size or PRETRAINED_SIZE)
+    info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
+    return info["backbone"], f"{workdir.ssl_run_dir(model)}/{WEIGHTS}", info["input_size"]
