@@ -143,3 +143,7 @@ def _stream_into_tables(workdir: Workdir, config: IngestConfig, preprocess: Prep
             sink.add(batch)
             advance(len(set(batch.column("source_uri").to_pylist())))
         sink.flush()
+    if summary.rows_ingested:
+        # Later stages look scans up by id; indexing here, not there, keeps the table version
+        # that `fusc run` stamps stable after ingest.
+        workdir.indexed_uri(SCANS)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Literal
 
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from fusc_lib.artifacts import exists
@@ -33,7 +34,7 @@ from jobs.neighbors import DEFAULT_K, run_neighbors
 from jobs.self_label import SelfLabelConfig, run_self_label
 from jobs.sites import run_sites
 from jobs.train_ssl import CONFIG_FILE, run_train_ssl
-from schemas.tables import EMBEDDINGS, NEIGHBORS, SCANS, SITES
+from schemas.tables import EMBEDDINGS, SCANS, SITES
 
 EXPORT_FILE = "assignments.csv"
 CLUSTER_OUTPUT = "cluster-output"  # stamp naming the model `fusc cluster` made, for self-label
@@ -107,14 +108,14 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
     stage("sites", lambda: _sites(workdir, config, ray_address),
           {"scans": _version(workdir, SCANS), "seed": config.seed})
     stage("neighbors", lambda: _neighbors(workdir, embedding, config.k),
-          {"embeddings": _version(workdir, EMBEDDINGS), "sites": _version(workdir, SITES),
+          {"embeddings": _embedding_rows(workdir, embedding), "sites": _version(workdir, SITES),
            "embedding": embedding, "k": config.k})
     cluster = ClusterConfig(embedding=embedding, clusters=config.clusters, heads=config.heads,
                             epochs=config.cluster_epochs, seed=config.seed, k=config.k,
                             mode=config.cluster_mode, workers=config.ssl.workers,
                             use_gpu=config.ssl.use_gpu)
     stage("cluster", lambda: _cluster(workdir, cluster, ray_address),
-          {"neighbors": _version(workdir, NEIGHBORS), **cluster.model_dump()})
+          {"neighbors": _stamp(workdir, "neighbors"), **cluster.model_dump()})
     if config.self_label:
         self_label = SelfLabelConfig(threshold=config.threshold, seed=config.seed,
                                      mode=config.self_label_mode or config.cluster_mode,
@@ -133,7 +134,20 @@ def _stamp(workdir: Workdir, stage: str) -> dict:
 
 
 def _version(workdir: Workdir, table: str) -> int | None:
+    """A table's version: it changes with every commit (use it for tables only one stage
+    writes)."""
     return workdir.table(table).version if workdir.has_table(table) else None
+
+
+def _embedding_rows(workdir: Workdir, embedding: str) -> dict:
+    """What changes when the vectors of `embedding` do: their number and the newest. Not the
+    table's version, which network-mode stages move by adding the vectors of their own runs."""
+    if not workdir.has_table(EMBEDDINGS):
+        return {}
+    times = workdir.table(EMBEDDINGS).to_lance().to_table(
+        columns=["embedded_at"], filter=f"model_run = '{embedding}'").column("embedded_at")
+    newest = pc.max(times).as_py()
+    return {"rows": len(times), "newest": newest.isoformat() if newest else None}
 
 
 def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:

@@ -207,8 +207,13 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     from jobs.self_label import SelfLabelConfig, run_self_label
 
     store, config, *_ = finished
-    run_all(store, config.model_copy(update={"self_label_mode": "network",
-                                             "ssl": SSLConfig(workers=2)}))
+    network = config.model_copy(update={"self_label_mode": "network",
+                                        "ssl": SSLConfig(workers=2)})
+    run_all(store, network)
+    reports = []
+    run_all(store, network, echo=reports.append)  # nothing the network run did is redone
+    assert {r.stage for r in reports if r.skipped} == {"sites", "neighbors", "cluster",
+                                                       "self-label"}
     start = ClusterModel.load(store, store.read_json("stages", "cluster-output.json")["version"])
     folder = Path(store.ssl_run_dir(f"selflabel-{start.version}"))
     loss_csv = folder / "loss.csv"
