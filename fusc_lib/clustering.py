@@ -58,8 +58,7 @@ class ClusterResult:
 
     def predict(self, vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Cluster probabilities (N, C) of new vectors under the kept head."""
-        with torch.no_grad():
-            return F.softmax(F.linear(_tensor(vectors), self.weight, self.bias), dim=1)
+        return head_probabilities(vectors, self.weight, self.bias)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight, "bias": self.bias, "probabilities": self.probabilities}
@@ -79,6 +78,13 @@ class ClusterResult:
                    probabilities=state["probabilities"], head_index=meta["head_index"],
                    head_losses=[HeadLoss(**loss) for loss in meta["head_losses"]],
                    config=meta.get("config", {}))
+
+
+def head_probabilities(vectors: np.ndarray | torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor) -> torch.Tensor:
+    """Cluster probabilities (N, C) of vectors under a linear head."""
+    with torch.no_grad():
+        return F.softmax(F.linear(_tensor(vectors), weight, bias), dim=1)
 
 
 # ---------------------------------------------------------------- stage 2: clustering heads

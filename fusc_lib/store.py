@@ -72,12 +72,12 @@ class Workdir:
         """The Lance dataset URI of a table, for Ray Data's read_lance / write_lance."""
         return self.table(name).uri
 
-    def indexed_uri(self, name: str, column: str = "image_id") -> str:
-        """The URI of a table with a BTREE index on `column`, so that workers can look rows up
-        by id (`rows_by_id`) without scanning it."""
+    def indexed_uri(self, name: str) -> str:
+        """The URI of a table with a BTREE index on `image_id`, so that workers can look rows
+        up by id (`rows_by_id`) without scanning it."""
         table = self.table(name)
-        if not any(index.columns == [column] for index in table.list_indices()):
-            table.create_scalar_index(column)
+        if not any(index.columns == ["image_id"] for index in table.list_indices()):
+            table.create_scalar_index("image_id")
         return table.uri
 
     def column(self, name: str, column: str) -> pa.ChunkedArray:

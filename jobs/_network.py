@@ -1,5 +1,6 @@
 """What the stages that can also train the full network (`fusc cluster`, `fusc self-label`)
-share: their network-mode options, and the backbone a network run continues from."""
+share: their network-mode options, the backbone a network run continues from, and training
+then embedding with that run."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from fusc_lib.artifacts import read_bytes
+from fusc_lib.artifacts import exists, read_bytes
 from fusc_lib.models.backbones import ENCODER_INFO
-from fusc_lib.models.encoder import PRETRAINED_PREFIX, PRETRAINED_SIZE, WEIGHTS
+from fusc_lib.models.encoder import (
+    PRETRAINED_PREFIX,
+    PRETRAINED_SIZE,
+    WEIGHTS,
+    embedding_key,
+    is_trained,
+)
+from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
+from jobs.embed import EmbedConfig, run_embed
+from jobs.train_ssl import CONFIG_FILE, run_train_ssl
 
 
 class NetworkOptions(BaseModel):
@@ -33,3 +43,14 @@ def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
         return backbone, "imagenet", int(size or PRETRAINED_SIZE)
     info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
     return info["backbone"], f"{workdir.ssl_run_dir(model)}/{WEIGHTS}", info["input_size"]
+
+
+def train_and_embed(workdir: Workdir, ssl: SSLConfig, views: int,
+                    ray_address: str | None) -> str:
+    """Train network run `ssl` (a finished one is reused, a killed one resumed), then embed
+    every scan with it over `views` views; returns that embedding's key."""
+    if not is_trained(workdir, ssl.run):
+        resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{CONFIG_FILE}")
+        run_train_ssl(workdir, ssl, ray_address, resume=resume)
+    run_embed(workdir, EmbedConfig(model=ssl.run, views=views, use_gpu=ssl.use_gpu), ray_address)
+    return embedding_key(ssl.run, views)

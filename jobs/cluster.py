@@ -19,18 +19,15 @@ from time import monotonic
 import numpy as np
 from pydantic import Field
 
-from fusc_lib.artifacts import exists
 from fusc_lib.cluster_model import ClusterModel, new_version
 from fusc_lib.clustering import DEFAULT_EPOCHS, DEFAULT_LR, train_cluster_heads
-from fusc_lib.models.encoder import embedding_key, is_trained, parse_embedding_key
+from fusc_lib.models.encoder import parse_embedding_key
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
-from jobs._network import NetworkOptions, backbone_of
+from jobs._network import NetworkOptions, backbone_of, train_and_embed
 from jobs._vectors import clustering_space
-from jobs.embed import EmbedConfig, run_embed
 from jobs.neighbors import DEFAULT_K, load_neighbors, run_neighbors
 from jobs.sites import load_site_model
-from jobs.train_ssl import CONFIG_FILE, run_train_ssl
 from schemas.tables import SCANS
 
 
@@ -87,14 +84,8 @@ def fine_tune_backbone(workdir: Workdir, config: ClusterConfig, ray_address: str
     """Network mode: FUSC-train backbone + heads on neighbour pairs, embed with the result and
     mine its neighbours; returns the new embedding key. A finished fine-tune is reused and a
     killed one resumed."""
-    ssl = network_config(workdir, config)
-    folder = workdir.ssl_run_dir(ssl.run)
-    if not is_trained(workdir, ssl.run):
-        run_train_ssl(workdir, ssl, ray_address, resume=exists(f"{folder}/{CONFIG_FILE}"))
     views = parse_embedding_key(config.embedding)[1]
-    run_embed(workdir, EmbedConfig(model=ssl.run, views=views, use_gpu=config.use_gpu),
-              ray_address)
-    embedding = embedding_key(ssl.run, views)
+    embedding = train_and_embed(workdir, network_config(workdir, config), views, ray_address)
     run_neighbors(workdir, embedding, config.k)
     return embedding
 

@@ -21,23 +21,24 @@ from dataclasses import dataclass
 from time import monotonic
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from fusc_lib.artifacts import exists
 from fusc_lib.cluster_model import ClusterModel, new_version
-from fusc_lib.clustering import SelfLabelOutcome, judge_self_label, self_label
-from fusc_lib.models.encoder import embedding_key, is_trained, parse_embedding_key
+from fusc_lib.clustering import (
+    SelfLabelOutcome,
+    head_probabilities,
+    judge_self_label,
+    self_label,
+)
+from fusc_lib.models.encoder import parse_embedding_key
 from fusc_lib.models.self_label_network import START_FILE, read_head, write_start
 from fusc_lib.sites import SiteCentering
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
-from jobs._network import NetworkOptions, backbone_of
+from jobs._network import NetworkOptions, backbone_of, train_and_embed
 from jobs._vectors import ClusteringSpace, clustering_space
-from jobs.embed import EmbedConfig, run_embed
 from jobs.neighbors import load_neighbors
-from jobs.train_ssl import CONFIG_FILE, run_train_ssl
 from schemas.tables import SCANS
 
 
@@ -99,26 +100,18 @@ def _self_label_network(workdir: Workdir, config: SelfLabelConfig, start: Cluste
     """Train (or resume, or reuse) the network run of `start`, embed the scans with it and
     judge its head there; returns (its embedding key, its centering, the outcome)."""
     ssl = network_config(workdir, config, start)
-    folder = workdir.ssl_run_dir(ssl.run)
-    if not is_trained(workdir, ssl.run):
-        resume = exists(f"{folder}/{CONFIG_FILE}")
-        if not resume:
-            write_start(ssl.selflabel_start, start.head.weight, start.head.bias, space.centering)
-        run_train_ssl(workdir, ssl, ray_address, resume=resume)
+    if not exists(ssl.selflabel_start):  # the same for every try of this input
+        write_start(ssl.selflabel_start, start.head.weight, start.head.bias, space.centering)
     views = parse_embedding_key(start.embedding)[1]
-    run_embed(workdir, EmbedConfig(model=ssl.run, views=views, use_gpu=config.use_gpu),
-              ray_address)
-    embedding = embedding_key(ssl.run, views)
+    embedding = train_and_embed(workdir, ssl, views, ray_address)
     trained = clustering_space(workdir, embedding)
     rows = _rows_of(trained.image_ids, space.image_ids)
-    head = read_head(folder)
-    with torch.no_grad():
-        logits = F.linear(torch.as_tensor(trained.vectors[rows]), head["weight"], head["bias"])
+    head = read_head(workdir.ssl_run_dir(ssl.run))
+    probabilities = head_probabilities(trained.vectors[rows], head["weight"], head["bias"])
     settings = {"mode": "network", "run": ssl.run, "threshold": config.threshold,
                 "epochs": ssl.epochs, "lr": ssl.lr, "batch_size": ssl.batch_size}
-    outcome = judge_self_label(start.head, head["weight"], head["bias"],
-                               F.softmax(logits, dim=1), neighbors, settings,
-                               threshold=config.threshold)
+    outcome = judge_self_label(start.head, head["weight"], head["bias"], probabilities,
+                               neighbors, settings, threshold=config.threshold)
     return embedding, trained.centering, outcome
 
 
