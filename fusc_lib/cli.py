@@ -432,7 +432,7 @@ def run(
     self_label: Annotated[bool, typer.Option(help="Run the self-labeling stage.")] = True,
     self_label_mode: Annotated[str | None, typer.Option(
         help="frozen | network (backbone and head self-labeled on images: on african-planes "
-             "+4 NMI points for ~5 minutes on 2 CPUs) [default: the cluster mode].")] = None,
+             "+3 NMI points for ~4 minutes on 2 CPUs) [default: the cluster mode].")] = None,
     labels: Annotated[list[Path] | None, typer.Option(
         help="CSV (file|path, view, site), repeatable, used only to print how the clusters "
              "score against view and site.", exists=True, dir_okay=False)] = None,
