@@ -65,6 +65,12 @@ def ingest(
     ] = False,
     retry_quarantined: Annotated[bool, typer.Option(
         help="Try files of this input that an earlier run quarantined again.")] = False,
+    frames: Annotated[str, typer.Option(
+        help="Frames kept per multi-frame file (cine loop): N evenly spaced, first and last "
+             "included, or 'all'. Adjacent frames of a loop are near copies: 16 catch each view "
+             "a sweep passes (one every ~3 s of a 50-s loop) while a 1,500-frame loop weighs "
+             "like 16 stills, not like an archive of them. Frames left out are counted in the "
+             "summary.")] = "16",
     batch_size: Annotated[int, typer.Option(help="Files per worker call.")] = 8,
     concurrency: Annotated[int | None, typer.Option(
         help="Ingest workers [default: one per CPU of the cluster].")] = None,
@@ -75,9 +81,14 @@ def ingest(
 ) -> None:
     """Read scans into the `scans` table: OCR'd view name, text inpainted, fan cropped, resized.
 
-    Files that cannot be used (corrupt, truncated, not an image, DICOM without pixels, too large)
-    go to the `quarantine` table with the reason; the job goes on. Running again adds only new
-    files, so an interrupted ingest is resumed by running the same command.
+    Every file under a folder is read, whatever its name (UID names, no or wrong extension): the
+    format comes from its bytes. A PATH that exists is taken literally (brackets, spaces, #);
+    it is a glob only when nothing by that name exists; a PATH holding no file at all is an
+    error. Files that cannot be used (corrupt, truncated, not an image such as PDF, DICOMDIR or
+    a structured report, DICOM without pixels, too small, too large, broken links) go to the
+    `quarantine` table with the reason; the job goes on. A file whose bytes equal an ingested
+    one is recorded in `duplicates` and exported with its twin's cluster. Running again adds
+    only new files, so an interrupted ingest is resumed by running the same command.
     """
     from fusc_lib.ingest import IngestConfig
     from fusc_lib.preprocess import workdir_preprocess
@@ -91,7 +102,8 @@ def ingest(
     try:
         config = IngestConfig(paths=paths or [], manifest=manifest, keep_ocr_text=keep_ocr_text,
                               batch_size=batch_size, concurrency=concurrency,
-                              commit_rows=commit_rows, retry_quarantined=retry_quarantined)
+                              commit_rows=commit_rows, retry_quarantined=retry_quarantined,
+                              frames=None if frames.lower() == "all" else frames)
         preprocess = workdir_preprocess(store, {
             "ocr_engine": ocr_engine, "image_size": image_size,
             "vocabulary": str(vocabulary) if vocabulary else None,
@@ -110,11 +122,12 @@ def _print_ingest_summary(summary, store) -> None:
     table.add_row("files found", str(summary.files_found))
     table.add_row("already in the workdir (skipped)", str(summary.files_already_done))
     table.add_row("ingested (rows in scans)", str(summary.rows_ingested))
-    table.add_row("duplicates skipped (same content)", str(summary.duplicates_skipped))
-    table.add_row("quarantined", str(summary.quarantined))
+    table.add_row("copies of an ingested scan (recorded in duplicates)", str(summary.duplicates))
+    table.add_row("quarantined (reason in quarantine)", str(summary.quarantined))
+    table.add_row("cine frames left out (--frames)", str(summary.frames_skipped))
     table.add_row("time", f"{summary.seconds:.1f} s")
     Console().print(table)
-    console.print(f"tables in {store.lancedb_uri} (scans, quarantine)")
+    console.print(f"tables in {store.lancedb_uri} (scans, duplicates, quarantine)")
 
 
 @app.command()

@@ -7,7 +7,7 @@ reason, and the rest of the batch goes on.
 
 from __future__ import annotations
 
-import itertools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -32,10 +32,13 @@ from schemas.tables import QUARANTINE_SCHEMA, SCANS_SCHEMA
 
 OCR_BATCH_FRAMES = 16  # frames prepared together: one OCR batch, bounded memory for cine loops
 
+DEFAULT_FRAMES = 16  # frames kept per multi-frame file: see IngestConfig.frames
+
 # One schema for both kinds of row, so a Ray Data batch can carry both; the job splits them.
 KIND = pa.field("kind", pa.string(), nullable=False)  # "scan" | "quarantine"
+FRAMES_SKIPPED = pa.field("frames_skipped", pa.int32())  # on a file's first row: for the summary
 INGEST_OUTPUT_SCHEMA = pa.schema(
-    [KIND]
+    [KIND, FRAMES_SKIPPED]
     + [f.with_nullable(True) for f in SCANS_SCHEMA]
     + [f.with_nullable(True) for f in QUARANTINE_SCHEMA if f.name not in SCANS_SCHEMA.names])
 
@@ -51,11 +54,13 @@ class _PendingFile:
 class ScanIngestor:
     """Callable over batches of sources; holds the preprocessor (OCR model) for its lifetime."""
 
-    def __init__(self, config: PreprocessConfig, salt: str, keep_ocr_text: bool = False):
+    def __init__(self, config: PreprocessConfig, salt: str, keep_ocr_text: bool = False,
+                 frame_limit: int | None = DEFAULT_FRAMES):
         self.preprocessor = Preprocessor(config)
         self.salt = salt
         self.keep_ocr_text = keep_ocr_text
         self.max_megapixels = config.max_megapixels
+        self.frame_limit = frame_limit
 
     def __call__(self, sources: Sequence[Source]) -> pa.Table:
         now = utc_now()
@@ -74,11 +79,8 @@ class ScanIngestor:
         return pa.Table.from_pylist(rows, schema=INGEST_OUTPUT_SCHEMA)
 
     def _open(self, source: Source) -> _PendingFile:
-        try:
-            data = read_bytes(source.uri)
-        except (OSError, ValueError) as error:
-            raise BadInput(f"unreadable path: {error}", stage="read") from None
-        scan = decode(data, source.uri, self.max_megapixels)
+        data = read_source(source.uri)
+        scan = decode(data, self.max_megapixels, self.frame_limit)
         tags = {"site": source.site or scan.tags.get("site"),
                 "device": scan.tags.get("device"),
                 "patient_hash": hash_identifier(source.patient or scan.tags.get("patient"),
@@ -87,24 +89,40 @@ class ScanIngestor:
         return _PendingFile(source, content_id(data), scan, tags)
 
     def _frames_rows(self, file: _PendingFile, now) -> Iterator[dict]:
-        """Rows for every frame of a file; a frame that fails is quarantined alone."""
-        frames = enumerate(file.scan.frames)
-        while True:
-            try:
-                batch = list(itertools.islice(frames, OCR_BATCH_FRAMES))
-            except BadInput as error:  # a later frame of a multi-frame file failed to decode
-                yield _quarantine_row(file.source.uri, None, error, now)
-                return
-            if not batch:
-                return
-            for (index, pixels), prepared in zip(batch, self._prepare(batch)):
-                if isinstance(prepared, BadInput):
-                    yield _quarantine_row(file.source.uri, index, prepared, now)
-                else:
-                    yield self._scan_row(file, index, pixels, prepared, now)
+        """Rows for every selected frame of a file, prepared `OCR_BATCH_FRAMES` at a time.
+
+        A frame that fails to prepare is quarantined alone; when decoding stops part-way (a cine
+        loop shorter than it claims), the frames decoded so far are kept and one quarantine row
+        says what is missing.
+        """
+        batch: list[tuple[int, np.ndarray]] = []
+        failure = None
+        try:
+            for frame in file.scan.frames:
+                batch.append(frame)
+                if len(batch) == OCR_BATCH_FRAMES:
+                    yield from self._batch_rows(file, batch, now)
+                    batch = []
+        except BadInput as error:
+            failure = error
+        yield from self._batch_rows(file, batch, now)
+        if failure:
+            yield _quarantine_row(file.source.uri, None, failure, now)
+
+    def _batch_rows(self, file: _PendingFile, batch: list[tuple[int, np.ndarray]],
+                    now) -> Iterator[dict]:
+        for (index, pixels), prepared in zip(batch, self._prepare(batch)):
+            row = (_quarantine_row(file.source.uri, index, prepared, now)
+                   if isinstance(prepared, BadInput)
+                   else self._scan_row(file, index, pixels, prepared, now))
+            if index == 0:  # always selected: the file's count of frames left out rides on it
+                row["frames_skipped"] = file.scan.frames_skipped
+            yield row
 
     def _prepare(self, batch: list[tuple[int, np.ndarray]]) -> list[PreparedFrame | BadInput]:
         """Prepare a batch together; if that fails, frame by frame to find the culprit."""
+        if not batch:
+            return []
         try:
             return self.preprocessor.prepare([pixels for _, pixels in batch])
         except Exception:
@@ -130,9 +148,27 @@ class ScanIngestor:
             "pseudo_view": prepared.pseudo_view,
             "ocr_confidence": prepared.ocr_confidence,
             "ocr_text": prepared.ocr_text if self.keep_ocr_text else None,
+            "decode_notes": "; ".join(file.scan.notes) or None,
             "preprocess_version": PREPROCESS_VERSION,
             "ingested_at": now,
         }
+
+
+def read_source(uri: str) -> bytes:
+    """The bytes of a source file; `BadInput` (stage `read`) says why it cannot be read.
+
+    Local paths are checked first: a broken link, or a FIFO or device that would block a read
+    or never end, is named as such instead of being opened.
+    """
+    if "://" not in uri:
+        if os.path.islink(uri) and not os.path.exists(uri):
+            raise BadInput(f"broken symbolic link (to {os.readlink(uri)})", stage="read")
+        if os.path.exists(uri) and not os.path.isfile(uri):
+            raise BadInput("not a regular file (a FIFO, socket or device)", stage="read")
+    try:
+        return read_bytes(uri)
+    except (OSError, ValueError) as error:
+        raise BadInput(f"unreadable path: {error}", stage="read") from None
 
 
 def _quarantine_row(uri: str, frame: int | None, error: BadInput, now) -> dict:
@@ -159,3 +195,7 @@ class IngestConfig(BaseModel):
     concurrency: int | None = Field(None, ge=1, description="Ingest workers; None: one per CPU.")
     commit_rows: int = Field(256, ge=1, description="Rows per LanceDB commit (work lost on a kill).")
     retry_quarantined: bool = Field(False, description="Try quarantined files of the input again.")
+    frames: int | None = Field(
+        DEFAULT_FRAMES, ge=1,
+        description="Frames kept per multi-frame file, evenly spaced; None: all (see "
+                    "`fusc ingest --help` for why 16).")

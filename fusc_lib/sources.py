@@ -1,6 +1,7 @@
 """Turn what the user names (folders, globs, files, URIs, a manifest) into a list of scan files.
 
-Listing goes through pyarrow's filesystems, so `s3://`, `gs://` and local paths work alike.
+Local paths are walked with `os` (links to folders followed, broken links kept so the ingest
+quarantines them with their reason); `s3://`, `gs://`… are listed through pyarrow's filesystems.
 A named location that does not exist is the user's error and stops the job before it starts; a
 file that exists but cannot be read is the archive's problem and is quarantined by the ingest.
 """
@@ -8,6 +9,7 @@ file that exists but cannot be read is the archive's problem and is quarantined 
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
 from dataclasses import asdict, dataclass
 
@@ -16,10 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-# Folders are searched for these; files named explicitly are always taken, whatever their name.
-# Files without an extension are taken too: DICOM archives often name files by UID.
-SCAN_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".dic"}
 MANIFEST_COLUMNS = ("site", "patient", "study")
+_GLOB_CHARACTERS = "*?["
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Source:
         return asdict(self)
 
 
+class SourceError(ValueError):
+    """A location the user named cannot be listed (missing, empty, no permission, bad URI)."""
+
+
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str, str]:
     """(filesystem, path inside it, URI prefix to rebuild full URIs)."""
     if "://" in location:
@@ -43,49 +47,76 @@ def _filesystem(location: str) -> tuple[pafs.FileSystem, str, str]:
     return pafs.LocalFileSystem(), os.path.abspath(location), ""
 
 
-def _is_scan_name(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    if name.startswith("."):
-        return False
-    suffix = os.path.splitext(name)[1].lower()
-    return suffix in SCAN_EXTENSIONS or suffix == ""
+def list_location(location: str) -> list[Source]:
+    """Every file under a folder, the single file named, or the files matching a glob.
+
+    A location that exists is taken literally, whatever characters its name holds (`[2024]`,
+    spaces, `%`, `#`); it is a glob only when nothing by that name exists. Every file in a folder
+    is a candidate, whatever its name: the ingest decides by content, and quarantines what is
+    not a scan. Raises `SourceError` when the location is missing or cannot be listed.
+    """
+    if "://" not in location:
+        return [Source(path) for path in _local_files(location)]
+    filesystem, path, prefix = _filesystem(location)
+    try:
+        return [Source(prefix + f) for f in _remote_files(filesystem, path)]
+    except (OSError, ValueError) as error:
+        raise SourceError(f"cannot list {location}: {error}") from None
+
+
+def _local_files(location: str) -> list[str]:
+    path = os.path.abspath(location)
+    if os.path.isdir(path):
+        return _walk(path)
+    if os.path.lexists(path):  # a file, or a broken link the ingest quarantines with its reason
+        return [path]
+    if any(c in location for c in _GLOB_CHARACTERS):
+        matches = sorted(glob.glob(path, recursive=True))
+        return [f for match in matches for f in (_walk(match) if os.path.isdir(match) else [match])]
+    raise SourceError(f"path not found: {location}")
+
+
+def _walk(folder: str) -> list[str]:
+    """Every non-folder entry under `folder` (links to folders followed once, loops cut)."""
+    files, seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True, onerror=_raise_listing_error):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        files.extend(os.path.join(root, name) for name in names)
+    return sorted(files)
+
+
+def _raise_listing_error(error: OSError) -> None:
+    raise SourceError(f"cannot list {error.filename}: {error.strerror}")
+
+
+def _remote_files(filesystem: pafs.FileSystem, path: str) -> list[str]:
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [path]
+    if info.type == pafs.FileType.Directory:
+        return _remote_listing(filesystem, path)
+    if not any(c in path for c in _GLOB_CHARACTERS):
+        raise SourceError(f"path not found: {path}")
+    root = _glob_root(path)
+    return [f for f in _remote_listing(filesystem, root) if fnmatch.fnmatchcase(f, path)]
+
+
+def _remote_listing(filesystem: pafs.FileSystem, folder: str) -> list[str]:
+    infos = filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
 
 def _glob_root(pattern: str) -> str:
     """The longest leading part of a glob without wildcards: where listing starts."""
     parts = pattern.split("/")
     for i, part in enumerate(parts):
-        if any(c in part for c in "*?["):
+        if any(c in part for c in _GLOB_CHARACTERS):
             return "/".join(parts[:i]) or "/"
     return pattern
-
-
-class SourceError(ValueError):
-    """A location the user named cannot be listed (missing, no permission, bad URI)."""
-
-
-def list_location(location: str) -> list[Source]:
-    """Every scan file under a folder, matching a glob, or the single file named."""
-    filesystem, path, prefix = _filesystem(location)
-    is_glob = any(c in path for c in "*?[")
-    root = _glob_root(path) if is_glob else path
-    infos: list[pafs.FileInfo] = []
-    try:
-        info = filesystem.get_file_info(root)
-        if info.type == pafs.FileType.Directory:
-            infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
-    except (OSError, ValueError) as error:
-        raise SourceError(f"cannot list {location}: {error}") from None
-    if info.type == pafs.FileType.NotFound:
-        raise SourceError(f"path not found: {location}")
-    if info.type == pafs.FileType.File and not is_glob:
-        return [Source(prefix + path)]
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
-    if is_glob:
-        files = [f for f in files if fnmatch.fnmatchcase(f, path)]
-    else:
-        files = [f for f in files if _is_scan_name(f)]
-    return [Source(prefix + f) for f in files]
 
 
 def read_manifest(manifest: str) -> list[Source]:
@@ -121,12 +152,23 @@ def _read_table(manifest: str) -> pa.Table:
 
 
 def gather_sources(locations: list[str], manifest: str | None = None) -> list[Source]:
-    """All sources named, each URI once (the manifest's row wins: it carries site/patient)."""
+    """All sources named, each URI once (the manifest's row wins: it carries site/patient).
+
+    Raises `SourceError` naming every location (or the manifest) that yields no file at all: a
+    nightly job must not look green while it ingests nothing.
+    """
     found: dict[str, Source] = {}
+    empty = []
     for location in locations:
-        for source in list_location(location):
+        sources = list_location(location)
+        empty += [location] if not sources else []
+        for source in sources:
             found.setdefault(source.uri, source)
     if manifest:
-        for source in read_manifest(manifest):
-            found[source.uri] = source
+        sources = read_manifest(manifest)
+        empty += [f"manifest {manifest}"] if not sources else []
+        found.update((source.uri, source) for source in sources)
+    if empty:
+        raise SourceError(f"no files found in {', '.join(empty)}: check the path (a folder is "
+                          "searched recursively; every file in it is read)")
     return list(found.values())

@@ -1,7 +1,9 @@
 """`fusc export`: the assignments of a cluster model as one CSV or Parquet file.
 
-One row per scan: source_uri, frame, image_id, cluster_id, cluster_name, confidence, site,
-pseudo_view. A file with several frames has one row per frame.
+One row per file frame: source_uri, frame, image_id, cluster_id, cluster_name, confidence, site,
+pseudo_view, duplicate_of. A file with several frames has one row per frame; a file whose bytes
+equal an ingested one (table `duplicates`) has its twin's cluster, and `duplicate_of` names the
+twin's source (null for every other row).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import pyarrow.parquet as pq
 
 from fusc_lib.cluster_model import ClusterModel
 from fusc_lib.store import Workdir
-from schemas.tables import ASSIGNMENTS, SCANS, SITES
+from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS, SITES
 
 FORMATS = ("csv", "parquet")
 COLUMNS = ["source_uri", "frame", "image_id", "cluster_id", "cluster_name", "confidence",
-           "site", "pseudo_view"]
+           "site", "pseudo_view", "duplicate_of"]
 
 
 def export_table(workdir: Workdir, version: str | None = None) -> pa.Table:
@@ -30,14 +32,27 @@ def export_table(workdir: Workdir, version: str | None = None) -> pa.Table:
         filter=f"model_version = '{model.version}'")
     if not assigned.num_rows:
         raise ValueError(f"model {model.version} has assigned no scans: run `fusc assign`")
-    scans = workdir.table(SCANS).to_lance().to_table(
-        columns=["image_id", "source_uri", "frame", "pseudo_view"])
+    scans = _source_files(workdir)
     sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
     names = pa.table({"cluster_id": pa.array(list(model.names), pa.int32()),
                       "cluster_name": pa.array(list(model.names.values()), pa.string())})
     joined = (assigned.join(scans, "image_id").join(sites, "image_id", join_type="left outer")
               .join(names, "cluster_id", join_type="left outer"))
     return joined.select(COLUMNS).sort_by([("source_uri", "ascending"), ("frame", "ascending")])
+
+
+def _source_files(workdir: Workdir) -> pa.Table:
+    """Every ingested file frame: `scans` rows, then `duplicates` rows carrying their twin's
+    image_id and pseudo view and its source in `duplicate_of`."""
+    scans = workdir.table(SCANS).to_lance().to_table(
+        columns=["image_id", "source_uri", "frame", "pseudo_view"])
+    twins = scans.select(["image_id", "pseudo_view", "source_uri"]).rename_columns(
+        ["image_id", "pseudo_view", "duplicate_of"])
+    copies = workdir.table(DUPLICATES).to_lance().to_table(
+        columns=["image_id", "source_uri", "frame"]).join(twins, "image_id")
+    originals = scans.append_column("duplicate_of", pa.nulls(scans.num_rows, pa.string()))
+    return pa.concat_tables([originals, copies.select(originals.column_names)],
+                            promote_options="permissive")
 
 
 def write_export(table: pa.Table, output: str | Path, file_format: str | None = None) -> str:

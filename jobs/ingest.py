@@ -9,9 +9,11 @@ file already in `scans` or `quarantine`, so running twice adds nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from time import monotonic
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from fusc_lib.ingest import IngestConfig, ScanIngestor, split_output
@@ -19,10 +21,10 @@ from fusc_lib.preprocess import PreprocessConfig
 from fusc_lib.privacy import resolve_salt
 from fusc_lib.progress import progress_bar
 from fusc_lib.sources import Source, gather_sources
-from fusc_lib.store import Workdir
+from fusc_lib.store import Workdir, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
-from schemas.tables import QUARANTINE, SCANS
+from schemas.tables import DUPLICATES, QUARANTINE, SCANS
 
 SALT_FILE = "id-salt.json"
 
@@ -32,8 +34,9 @@ class IngestSummary:
     files_found: int = 0
     files_already_done: int = 0
     rows_ingested: int = 0
-    duplicates_skipped: int = 0
+    duplicates: int = 0  # rows of files whose bytes equal a scan's: recorded, not decoded again
     quarantined: int = 0
+    frames_skipped: int = 0  # of multi-frame files, by the `frames` limit
     seconds: float = 0.0
     startup_seconds: float = 0.0  # until the first rows came back: listing, Ray, worker start
 
@@ -41,33 +44,39 @@ class IngestSummary:
 class _IngestActor:
     """Ray Data actor: builds the OCR engine once, then ingests batches of sources."""
 
-    def __init__(self, preprocess: dict, salt: str, keep_ocr_text: bool):
-        self.ingestor = ScanIngestor(PreprocessConfig(**preprocess), salt, keep_ocr_text)
+    def __init__(self, preprocess: dict, salt: str, keep_ocr_text: bool, frame_limit: int | None):
+        self.ingestor = ScanIngestor(PreprocessConfig(**preprocess), salt, keep_ocr_text,
+                                     frame_limit)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.ingestor([Source(**row) for row in batch.to_pylist()])
 
 
 class _IngestSink:
-    """Drops repeated content, then commits scans before quarantine rows.
+    """Records repeated content as duplicates, then commits scans before the other rows.
 
-    That order matters: a file with one bad frame has rows in both tables, and a rerun skips any
-    file found in either; committing scans first means a kill never hides a file's good frames.
+    That order matters: a file with one bad frame has rows in both `scans` and `quarantine`, and
+    a rerun skips any file found in any of the three tables; committing scans first means a kill
+    never hides a file's good frames, nor a duplicate's twin.
     """
 
     def __init__(self, workdir: Workdir, commit_rows: int, summary: IngestSummary):
         self.summary = summary
         self.known_ids = set(workdir.column(SCANS, "image_id").to_pylist())
-        self.scans = TableAppender(workdir, SCANS, commit_rows)
-        self.quarantine = TableAppender(workdir, QUARANTINE, commit_rows)
+        self.tables = {name: TableAppender(partial(workdir.append, name), commit_rows)
+                       for name in (SCANS, DUPLICATES, QUARANTINE)}
 
     def add(self, batch: pa.Table) -> None:
+        self.summary.frames_skipped += pc.sum(batch.column("frames_skipped")).as_py() or 0
         scans, quarantine = split_output(batch)
-        keep = [self._is_new(image_id) for image_id in scans.column("image_id").to_pylist()]
-        self.summary.duplicates_skipped += keep.count(False)
-        self.scans.add(scans.filter(pa.array(keep, pa.bool_())))
-        self.quarantine.add(quarantine)
-        if self.scans.full or self.quarantine.full:
+        keep = pa.array([self._is_new(i) for i in scans.column("image_id").to_pylist()],
+                        pa.bool_())
+        copies = scans.filter(pc.invert(keep)).select(["source_uri", "frame", "image_id"])
+        self.tables[SCANS].add(scans.filter(keep))
+        self.tables[DUPLICATES].add(copies.append_column(
+            "recorded_at", pa.array([utc_now()] * copies.num_rows, pa.timestamp("ms", tz="UTC"))))
+        self.tables[QUARANTINE].add(quarantine)
+        if any(table.full for table in self.tables.values()):
             self.flush()
 
     def _is_new(self, image_id: str) -> bool:
@@ -77,20 +86,22 @@ class _IngestSink:
         return True
 
     def flush(self) -> None:
-        self.scans.flush()
-        self.quarantine.flush()
-        self.summary.rows_ingested = self.scans.committed
-        self.summary.quarantined = self.quarantine.committed
+        for table in self.tables.values():  # in commit order: scans first
+            table.flush()
+        self.summary.rows_ingested = self.tables[SCANS].committed
+        self.summary.duplicates = self.tables[DUPLICATES].committed
+        self.summary.quarantined = self.tables[QUARANTINE].committed
 
 
 def pending_sources(workdir: Workdir, config: IngestConfig) -> tuple[list[Source], int]:
-    """Sources not yet in `scans` or `quarantine`, and how many were already done.
+    """Sources not yet in `scans`, `duplicates` or `quarantine`, and how many were done.
 
     With `retry_quarantined`, quarantined sources of this input are pending again and their old
     quarantine rows are dropped (a failure again writes a fresh row).
     """
     sources = gather_sources(config.paths, config.manifest)
-    done = set(workdir.column(SCANS, "source_uri").to_pylist())
+    done = {uri for name in (SCANS, DUPLICATES)
+            for uri in workdir.column(name, "source_uri").to_pylist()}
     quarantined = set(workdir.column(QUARANTINE, "source_uri").to_pylist())
     if config.retry_quarantined:
         retried = [s.uri for s in sources if s.uri in quarantined and s.uri not in done]
@@ -132,7 +143,8 @@ def _stream_into_tables(workdir: Workdir, config: IngestConfig, preprocess: Prep
         _IngestActor,
         fn_constructor_kwargs={"preprocess": preprocess.model_dump(),
                                "salt": workdir_salt(workdir),
-                               "keep_ocr_text": config.keep_ocr_text},
+                               "keep_ocr_text": config.keep_ocr_text,
+                               "frame_limit": config.frames},
         batch_size=config.batch_size, batch_format="pyarrow", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=workers))
     sink = _IngestSink(workdir, config.commit_rows, summary)

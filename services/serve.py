@@ -126,8 +126,11 @@ def _digest(token: str) -> str:
 
 # --- request bodies ----------------------------------------------------------------------------
 
-async def read_scan(request: Request, limit: int) -> tuple[bytes, str]:
-    """(file bytes, file name) of a raw or multipart body; 4xx for what cannot be a scan.
+async def read_scan(request: Request, limit: int) -> bytes:
+    """The file bytes of a raw or multipart body; 4xx for what cannot be a scan.
+
+    The content type only says how the body is packed (raw or multipart): the decoder is chosen
+    from the bytes, as in ingest, never from a type or a file name.
 
     The size is checked from Content-Length before reading, then while streaming (chunked
     uploads declare none), so a huge body is refused without being held in memory.
@@ -148,18 +151,17 @@ async def read_scan(request: Request, limit: int) -> tuple[bytes, str]:
             raise HTTPException(413, _too_large(size, limit, "at least "))
         chunks.append(chunk)
     body = b"".join(chunks)
-    data, name = (_multipart_file(body, content_type) if media == MULTIPART
-                  else (body, "scan.dcm" if media == "application/dicom" else ""))
+    data = _multipart_file(body, content_type) if media == MULTIPART else body
     if not data:
         raise HTTPException(400, "empty body: send the bytes of one scan")
-    return data, name
+    return data
 
 
 def _too_large(size: int, limit: int, qualifier: str = "") -> str:
     return f"body of {qualifier}{size / MIB:.1f} MiB is over the limit of {limit / MIB:g} MiB"
 
 
-def _multipart_file(body: bytes, content_type: str) -> tuple[bytes, str]:
+def _multipart_file(body: bytes, content_type: str) -> bytes:
     """The `file` part (or the only file part) of a multipart/form-data body."""
     header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
     message = BytesParser(policy=policy.HTTP).parsebytes(header + body)
@@ -170,7 +172,7 @@ def _multipart_file(body: bytes, content_type: str) -> tuple[bytes, str]:
         or [p for p in parts if p.get_filename()]
     if len(files) != 1:
         raise HTTPException(400, "multipart body needs exactly one file, in the field `file`")
-    return files[0].get_payload(decode=True) or b"", files[0].get_filename() or ""
+    return files[0].get_payload(decode=True) or b""
 
 
 @api.exception_handler(Exception)
@@ -227,7 +229,7 @@ class ClusterService:
 
     # --- routes ------------------------------------------------------------------------------
 
-    @api.get("/healthz")
+    @api.api_route("/healthz", methods=["GET", "HEAD"])  # load balancers probe with HEAD
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
@@ -280,8 +282,8 @@ class ClusterService:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     async def _embedded(self, request: Request, site: str | None) -> EmbeddedScan:
-        data, name = await read_scan(request, int(self.config.max_body_mb * MIB))
-        result = await self._embed(ScanRequest(data, name, site))
+        data = await read_scan(request, int(self.config.max_body_mb * MIB))
+        result = await self._embed(ScanRequest(data, site))
         if isinstance(result, BadInput):
             raise HTTPException(422, f"{result.stage}: {result.reason}")
         return result

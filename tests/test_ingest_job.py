@@ -20,7 +20,7 @@ from fusc_lib.io import content_id
 from fusc_lib.preprocess import PreprocessConfig, decode_png, workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.ingest import run_ingest
-from schemas.tables import QUARANTINE, SCANS
+from schemas.tables import DUPLICATES, QUARANTINE, SCANS
 from tests.dicom_files import make_dicom
 
 GOOD_PNGS = 8
@@ -33,6 +33,7 @@ BAD_FILES = {  # name -> the words its quarantine reason must contain
     "notes.png": "not an image",
     "nopixels.dcm": "without pixel data",
     "bomb.png": "too large",
+    "labels.csv": "not an image: text file",  # every file under a folder is read, whatever its name
 }
 
 
@@ -71,7 +72,7 @@ def mixed_folder(tmp_path_factory, data_dir) -> Path:
     bomb = io.BytesIO()
     Image.new("L", (11_000, 10_000)).save(bomb, format="PNG")
     (bad / "bomb.png").write_bytes(bomb.getvalue())
-    (root / "labels.csv").write_text("not a scan: folders are searched for scan files only\n")
+    (root / "labels.csv").write_text("image,view\nnot a scan,brain\n")
     return root
 
 
@@ -108,7 +109,8 @@ def test_mixed_folder_exact_counts_then_rerun_adds_nothing(ray_session, mixed_fo
     assert again_store.table(SCANS).count_rows() == EXPECTED_SCAN_ROWS
 
 
-def test_new_files_add_only_themselves_and_duplicates_are_skipped(ray_session, data_dir, tmp_path):
+def test_new_files_add_only_themselves_and_duplicates_are_recorded(ray_session, data_dir,
+                                                                   tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     first, second, third = sorted((data_dir / "african-planes" / "images").glob("*.png"))[:3]
@@ -117,8 +119,13 @@ def test_new_files_add_only_themselves_and_duplicates_are_skipped(ray_session, d
     shutil.copy(second, folder / "b.png")
     shutil.copy(first, folder / "a-copy.png")  # same bytes under another name
     _, summary = _ingest(tmp_path / "w", [str(folder)])
-    assert (summary.rows_ingested, summary.duplicates_skipped) == (1, 1)
+    assert (summary.rows_ingested, summary.duplicates) == (1, 1)
     assert store.table(SCANS).count_rows() == 2
+    copies = store.table(DUPLICATES).to_arrow()
+    assert copies.column("source_uri").to_pylist() == [str(folder / "a-copy.png")]
+    assert copies.column("image_id").to_pylist() == [content_id(first.read_bytes())]
+    _, again = _ingest(tmp_path / "w", [str(folder)])
+    assert (again.rows_ingested, again.duplicates, again.files_already_done) == (0, 0, 3)
 
 
 def test_manifest_sites_patients_and_unreadable_paths(ray_session, data_dir, tmp_path):
