@@ -151,16 +151,15 @@ def _decode_picture(data: bytes, max_megapixels: float, frame_limit: int | None)
     except Exception as error:  # PIL raises many types on broken headers
         raise BadInput(f"corrupt image header: {error}") from None
     n_frames = getattr(image, "n_frames", 1) if image.format in ("TIFF", "GIF") else 1
+    check_size(image.width, image.height, n_frames, max_megapixels)  # same in any orientation
     orientation = _orientation(image)
-    width, height = (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
-    check_size(width, height, n_frames, max_megapixels)
     indices = select_frames(n_frames, frame_limit)
-    first = (indices[0], _picture_pixels(image))  # decode now: a broken file fails here
+    first = _picture_pixels(image)  # decode now: a broken file fails here
     later = set(indices[1:])
     rest = ((i, _picture_pixels(frame)) for i, frame in enumerate(ImageSequence.Iterator(image))
             if i in later)
     notes = [f"EXIF orientation {orientation} applied"] if orientation not in (None, 1) else []
-    return DecodedScan(_chain(first, rest), n_frames, width, height, {},
+    return DecodedScan(_chain((0, first), rest), n_frames, first.shape[1], first.shape[0], {},
                        frames_skipped=n_frames - len(indices), notes=notes)
 
 
@@ -177,7 +176,8 @@ def _chain(first, rest: Iterator) -> Iterator:
 
 
 def _picture_pixels(image: Image.Image) -> np.ndarray:
-    """uint8 pixels of the current frame, upright (EXIF orientation applied)."""
+    """uint8 pixels of the current frame, upright (EXIF orientation applied; Pillow's TIFF
+    reader may already have applied it, and then `exif_transpose` finds nothing to do)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # PIL only warns on some truncations
