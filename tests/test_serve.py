@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 from typer.testing import CliRunner
 
 from fusc_lib.cli import app
@@ -35,14 +36,20 @@ MAX_BODY_MB = 1
 
 
 def _archive(data_dir: Path, folder: Path) -> Path:
-    """Scans of two hospitals' machines plus a two-frame DICOM naming its institution."""
+    """Scans of two hospitals' machines, a two-frame DICOM naming its institution, and files
+    whose names lie: an EXIF-rotated JPEG named `.dcm`, a DICOM still named `.png`."""
     folder.mkdir()
     for name in ("african-planes", "hc18"):
         for path in sorted((data_dir / name / "images").glob("*.png"))[:6]:
             shutil.copy(path, folder / f"{name}__{path.name}")
     frames = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in
-              sorted((data_dir / "hc18" / "images").glob("*.png"))[6:8]]
-    (folder / "cine.dcm").write_bytes(make_dicom(np.stack(frames)))
+              sorted((data_dir / "hc18" / "images").glob("*.png"))[6:9]]
+    (folder / "cine.dcm").write_bytes(make_dicom(np.stack(frames[:2])))
+    (folder / "still-named.png").write_bytes(make_dicom(frames[2]))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90° anticlockwise: viewers turn it back
+    rotated = Image.fromarray(np.ascontiguousarray(np.rot90(frames[0][::2, ::2])))
+    rotated.save(folder / "jpeg-named.dcm", format="JPEG", exif=exif.tobytes())
     return folder
 
 
@@ -163,6 +170,8 @@ def test_token_is_required_on_every_route_but_healthz(workdir, url):
             answer = requests.post(url + route, data=png, headers=headers, timeout=60)
             assert answer.status_code == 401 and "bearer token" in answer.json()["detail"]
     assert requests.get(url + "/healthz", timeout=60).json() == {"status": "ok"}
+    probe = requests.head(url + "/healthz", timeout=60)  # load balancers probe with HEAD
+    assert probe.status_code == 200 and not probe.content
 
 
 def test_docs_list_the_routes(url):
