@@ -19,7 +19,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
-    generate_uid,
 )
 
 from fusc_lib.ingest import IngestConfig
