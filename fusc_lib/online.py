@@ -25,7 +25,7 @@ from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
 from fusc_lib.preprocess import PREPROCESS_FILE, PreparedFrame, PreprocessConfig, Preprocessor
 from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir
-from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SCANS
+from schemas.tables import ASSIGNMENTS, SCANS
 
 MAX_SIMILAR = 100
 TOP_K = 5  # clusters listed in a response, most probable first
@@ -33,11 +33,10 @@ TOP_K = 5  # clusters listed in a response, most probable first
 
 @dataclass(frozen=True)
 class ScanRequest:
-    """One file to place: its bytes, its name if known (`.dcm` marks DICOM without a preamble)
-    and the site it comes from if the caller knows it (a DICOM's InstitutionName otherwise)."""
+    """One file to place: its bytes (the format is read from them) and the site it comes from
+    if the caller knows it (a DICOM's InstitutionName otherwise)."""
 
     data: bytes
-    name: str = ""
     site: str | None = None
 
 
@@ -163,8 +162,8 @@ class OnlineClusterer:
 
     def first_frame(self, request: ScanRequest) -> tuple[str, np.ndarray, str | None]:
         """(image id, frame 0 pixels, given site) as ingest reads a file."""
-        scan = decode(request.data, request.name, self.preprocess.max_megapixels)
-        pixels = next(scan.frames)
+        scan = decode(request.data, self.preprocess.max_megapixels, frame_limit=1)
+        _, pixels = next(scan.frames)
         image_id = frame_id(content_id(request.data), 0, scan.n_frames)
         return image_id, pixels, request.site or scan.tags.get("site") or None
 
@@ -215,13 +214,12 @@ class OnlineClusterer:
 
     def similar(self, scan: EmbeddedScan, k: int = 10) -> dict:
         """The k archived scans nearest to `scan` (cosine), by LanceDB vector search over the
-        `embeddings` rows of the model's embedding key (through the IVF index when built)."""
+        table of the model's embedding key (through its IVF index when built)."""
         k = max(1, min(k, MAX_SIMILAR))
         model = scan.version.model
-        hits = (self.workdir.table(EMBEDDINGS)
+        hits = (self.workdir.embeddings_table(model.embedding)
                 .search(scan.vector.astype(np.float32), vector_column_name="vector")
                 .distance_type("cosine")
-                .where(f"model_run = {_quoted(model.embedding)}", prefilter=True)
                 .select(["image_id", "_distance"]).limit(k).to_arrow())
         ids = hits.column("image_id").to_pylist()
         similarity = 1.0 - np.asarray(hits.column("_distance"), dtype=np.float64)

@@ -18,7 +18,14 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from fusc_lib import artifacts
-from schemas.tables import SCHEMAS
+from schemas.tables import (
+    EMBEDDING_KEY,
+    EMBEDDINGS_PREFIX,
+    LEGACY_EMBEDDINGS,
+    SCHEMAS,
+    embeddings_schema,
+    embeddings_table_name,
+)
 
 DEFAULT_WORKDIR = "./fusc-work"
 
@@ -33,6 +40,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _add(table: lancedb.table.Table, rows: pa.Table) -> None:
+    """Append rows cast to the table's schema (so a batch cannot change a column's type)."""
+    table.add(rows.select(table.schema.names).cast(table.schema))
+
+
 class Workdir:
     """Paths and tables of one FUSC workdir."""
 
@@ -41,6 +53,7 @@ class Workdir:
             root = os.path.abspath(root)
         self.root = root.rstrip("/")
         self._db: lancedb.DBConnection | None = None
+        self._embeddings_migrated = False
 
     def path(self, *parts: str) -> str:
         """A path (or URI) inside the workdir."""
@@ -56,14 +69,12 @@ class Workdir:
             self._db = lancedb.connect(self.lancedb_uri)
         return self._db
 
-    def table(self, name: str, schema: pa.Schema | None = None) -> lancedb.table.Table:
-        """Open a table, creating it empty the first time with its schema from `schemas/`.
-
-        Tables whose schema depends on the data (the vector width of `embeddings`) pass it.
-        """
+    def table(self, name: str) -> lancedb.table.Table:
+        """Open a table, creating it empty the first time with its schema from `schemas/`
+        (embeddings: `embeddings_table`)."""
         if self.has_table(name):
             return self.db.open_table(name)
-        return self.db.create_table(name, schema=SCHEMAS.get(name) or schema, exist_ok=True)
+        return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
 
     def has_table(self, name: str) -> bool:
         return name in self.db.list_tables().tables
@@ -85,10 +96,9 @@ class Workdir:
         return self.table(name).to_lance().to_table(columns=[column]).column(column)
 
     def append(self, name: str, rows: pa.Table) -> None:
-        """Append rows, cast to the table's schema (so a batch cannot change a column's type)."""
+        """Append rows to a table of `schemas/` (see `_add`)."""
         if rows.num_rows:
-            table = self.table(name, rows.schema)
-            table.add(rows.select(table.schema.names).cast(table.schema))
+            _add(self.table(name), rows)
 
     def overwrite(self, name: str, rows: pa.Table) -> None:
         """Replace a table's content in one commit (stages that rewrite their whole output)."""
@@ -101,6 +111,59 @@ class Workdir:
             chunk = values[start:start + 1000]
             quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in chunk)
             self.table(name).delete(f"{column} IN ({quoted})")
+
+    # --- embeddings: one table per embedding key, each its own vector space of any width ---
+
+    def embedding_keys(self) -> list[str]:
+        """The embedding keys that have a table, sorted."""
+        self._migrate_embeddings()
+        names = [n for n in self.db.list_tables().tables if n.startswith(EMBEDDINGS_PREFIX)]
+        return sorted(self.db.open_table(n).schema.metadata[EMBEDDING_KEY].decode()
+                      for n in names)
+
+    def has_embeddings(self, key: str) -> bool:
+        self._migrate_embeddings()
+        return self.has_table(embeddings_table_name(key))
+
+    def embeddings_table(self, key: str, dim: int | None = None) -> lancedb.table.Table:
+        """The table of `key`'s vectors; made empty with `dim`-wide vectors where it does not
+        exist yet and `dim` is given (else that is an error saying to embed first)."""
+        if self.has_embeddings(key):
+            return self.db.open_table(embeddings_table_name(key))
+        if dim is None:
+            raise ValueError(f"no embeddings for {key!r}: run `fusc embed` for it first")
+        return self.db.create_table(embeddings_table_name(key),
+                                    schema=embeddings_schema(dim, key), exist_ok=True)
+
+    def embeddings(self, key: str, columns: list[str] | None = None,
+                   filter: pc.Expression | None = None) -> pa.Table:
+        """`columns` (default all) of `key`'s rows that match `filter`; `vector` is an (N, dim)
+        fixed-size list column."""
+        return self.embeddings_table(key).to_lance().to_table(columns=columns, filter=filter)
+
+    def append_embeddings(self, key: str, rows: pa.Table) -> None:
+        """Append vectors of `key` (rows of `embeddings_schema`), its table made at their width."""
+        if rows.num_rows:
+            _add(self.embeddings_table(key, rows.schema.field("vector").type.list_size), rows)
+
+    def _migrate_embeddings(self) -> None:
+        """Split the single `embeddings` table of an older workdir by `model_run` into the
+        per-key tables, then drop it. Checked once per Workdir; a killed migration is redone
+        whole on the next call (the per-key tables are overwritten while the old one exists)."""
+        if self._embeddings_migrated:
+            return
+        if self.has_table(LEGACY_EMBEDDINGS):
+            legacy = self.db.open_table(LEGACY_EMBEDDINGS).to_lance()
+            dim = legacy.schema.field("vector").type.list_size
+            for key in pc.unique(legacy.to_table(columns=["model_run"])["model_run"]).to_pylist():
+                schema = embeddings_schema(dim, key)
+                batches = legacy.to_batches(columns=schema.names,
+                                            filter=pc.field("model_run") == key)
+                self.db.create_table(embeddings_table_name(key), mode="overwrite",
+                                     data=pa.RecordBatchReader.from_batches(
+                                         schema, (batch.cast(schema) for batch in batches)))
+            self.db.drop_table(LEGACY_EMBEDDINGS)
+        self._embeddings_migrated = True
 
     def ssl_run_dir(self, run: str) -> str:
         return self.path("models", "ssl", run)

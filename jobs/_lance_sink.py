@@ -6,17 +6,17 @@ a killed job loses at most one uncommitted buffer, which its rerun redoes.
 
 from __future__ import annotations
 
-import pyarrow as pa
+from collections.abc import Callable
 
-from fusc_lib.store import Workdir
+import pyarrow as pa
 
 
 class TableAppender:
-    """Buffers rows for one table; `flush` commits them as one LanceDB append."""
+    """Buffers rows for one table; `flush` commits them as one LanceDB append (`append`, e.g.
+    `partial(workdir.append, ASSIGNMENTS)`)."""
 
-    def __init__(self, workdir: Workdir, table: str, commit_rows: int):
-        self.workdir = workdir
-        self.table = table
+    def __init__(self, append: Callable[[pa.Table], None], commit_rows: int):
+        self.append = append
         self.commit_rows = commit_rows
         self.committed = 0
         self._pending: list[pa.Table] = []
@@ -33,6 +33,6 @@ class TableAppender:
 
     def flush(self) -> None:
         if self._pending:
-            self.workdir.append(self.table, pa.concat_tables(self._pending))
+            self.append(pa.concat_tables(self._pending))
             self.committed += self._pending_rows
         self._pending, self._pending_rows = [], 0

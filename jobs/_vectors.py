@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from fusc_lib.sites import SiteCentering
 from fusc_lib.store import Workdir
-from schemas.tables import EMBEDDINGS, SITES
+from schemas.tables import SITES
 
 
 @dataclass
@@ -26,22 +26,19 @@ class ClusteringSpace:
 
 
 def latest_embedding(workdir: Workdir) -> str:
-    """The embedding key written last (what a stage uses when none is named)."""
-    if not workdir.has_table(EMBEDDINGS):
+    """The embedding key written last, over every key's table (what a stage uses when none is
+    named)."""
+    newest = {key: pc.max(workdir.embeddings(key, ["embedded_at"])["embedded_at"]).as_py()
+              for key in workdir.embedding_keys()}
+    written = {key: at for key, at in newest.items() if at is not None}
+    if not written:
         raise ValueError("no embeddings in this workdir: run `fusc embed` first")
-    table = workdir.table(EMBEDDINGS).to_lance().to_table(columns=["model_run", "embedded_at"])
-    if not table.num_rows:
-        raise ValueError("no embeddings in this workdir: run `fusc embed` first")
-    newest = pc.index(table.column("embedded_at"), pc.max(table.column("embedded_at"))).as_py()
-    return table.column("model_run")[newest].as_py()
+    return max(written, key=written.get)
 
 
 def load_embeddings(workdir: Workdir, embedding: str) -> tuple[list[str], np.ndarray]:
-    """(image ids sorted, vectors) of one embedding key."""
-    if not workdir.has_table(EMBEDDINGS):
-        raise ValueError("no embeddings in this workdir: run `fusc embed` first")
-    table = workdir.table(EMBEDDINGS).to_lance().to_table(
-        columns=["image_id", "vector"], filter=f"model_run = '{embedding}'").sort_by("image_id")
+    """(image ids sorted, (N, D) vectors) of one embedding key; D is that key's width."""
+    table = workdir.embeddings(embedding, ["image_id", "vector"]).sort_by("image_id")
     if not table.num_rows:
         raise ValueError(f"no embeddings for {embedding!r}: run `fusc embed` for it first")
     vectors = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)

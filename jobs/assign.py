@@ -11,6 +11,7 @@ style groups, exactly as `fusc serve` does for a new scan.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from time import monotonic
 
 import numpy as np
@@ -27,7 +28,7 @@ from fusc_lib.store import Workdir, rows_by_id, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
 from jobs.embed import EmbedConfig, run_embed
-from schemas.tables import ASSIGNMENTS, EMBEDDINGS, SCANS, SITES
+from schemas.tables import ASSIGNMENTS, SCANS, SITES
 
 COMMIT_ROWS = 50_000
 
@@ -93,12 +94,11 @@ def run_assign(workdir: Workdir, version: str | None = None,
     model = ClusterModel.load(workdir, version)
     embedded = _embed_new_scans(workdir, model, ray_address)
     done = assigned_ids(workdir, version)
-    embedding_filter = f"model_run = '{model.embedding}'"
-    total = workdir.table(EMBEDDINGS).count_rows(embedding_filter)
+    total = workdir.embeddings_table(model.embedding).count_rows()
     appended = 0
     if total > len(done):
         connect(ray_address)
-        appended = _stream_assignments(workdir, model, embedding_filter, done, total - len(done))
+        appended = _stream_assignments(workdir, model, done, total - len(done))
     return AssignSummary(version, appended, len(done), cluster_sizes(workdir, version,
                                                                     model.n_clusters),
                          monotonic() - started, embedded)
@@ -110,12 +110,12 @@ def _embed_new_scans(workdir: Workdir, model: ClusterModel, ray_address: str | N
     return run_embed(workdir, EmbedConfig(model=encoder, views=views), ray_address).embedded
 
 
-def _stream_assignments(workdir: Workdir, model: ClusterModel, embedding_filter: str,
-                        done: pa.Array, pending: int) -> int:
+def _stream_assignments(workdir: Workdir, model: ClusterModel, done: pa.Array,
+                        pending: int) -> int:
     sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
     site_of = dict(zip(sites.column("image_id").to_pylist(), sites.column("site").to_pylist()))
-    dataset = (ray.data.read_lance(workdir.table_uri(EMBEDDINGS), columns=["image_id", "vector"],
-                                   filter=embedding_filter, num_cpus=0)
+    dataset = (ray.data.read_lance(workdir.embeddings_table(model.embedding).uri,
+                                   columns=["image_id", "vector"], num_cpus=0)
                .map_batches(_AssignActor, batch_size=4096, batch_format="pyarrow",
                             fn_constructor_kwargs={"workdir_root": workdir.root,
                                                    "version": model.version,
@@ -124,7 +124,7 @@ def _stream_assignments(workdir: Workdir, model: ClusterModel, embedding_filter:
                                                    "scans_uri": workdir.indexed_uri(SCANS)},
                             num_cpus=1, compute=ray.data.ActorPoolStrategy(
                                 size=min(cluster_cpus(), max(1, pending // 100_000 + 1)))))
-    sink = TableAppender(workdir, ASSIGNMENTS, COMMIT_ROWS)
+    sink = TableAppender(partial(workdir.append, ASSIGNMENTS), COMMIT_ROWS)
     with progress_bar("assign", total=pending, unit="scans") as advance:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             sink.add(batch)

@@ -1,4 +1,4 @@
-"""`fusc embed`: one L2-normalised vector per scan and model into the LanceDB `embeddings` table.
+"""`fusc embed`: one L2-normalised vector per scan into the LanceDB table of the embedding key.
 
 Ray Data reads `scans` (ids and image bytes only), an actor pool holds the model (loaded once per
 actor) and the driver commits vectors every `commit_rows`. Incremental: scans that already have a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from time import monotonic
 
 import numpy as np
@@ -29,7 +30,7 @@ from fusc_lib.progress import progress_bar
 from fusc_lib.store import Workdir, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
-from schemas.tables import EMBEDDINGS, SCANS, embeddings_schema
+from schemas.tables import SCANS, embeddings_schema
 
 
 class EmbedConfig(BaseModel):
@@ -94,23 +95,22 @@ class _EmbedActor:
         return embedding_rows(batch.column("image_id"), self.key, vectors)
 
 
-def embedding_rows(image_ids: pa.ChunkedArray, model: str, vectors: np.ndarray) -> pa.Table:
+def embedding_rows(image_ids: pa.ChunkedArray, key: str, vectors: np.ndarray) -> pa.Table:
+    """Rows of `key`'s table for (N, dim) `vectors`, one per image id."""
     dim = vectors.shape[1]
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
     return pa.table({
         "image_id": image_ids,
-        "model_run": pa.array([model] * len(vectors), pa.string()),
+        "model_run": pa.array([key] * len(vectors), pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
         "embedded_at": pa.array([utc_now()] * len(vectors), pa.timestamp("ms", tz="UTC")),
-    }, schema=embeddings_schema(dim))
+    }, schema=embeddings_schema(dim, key))
 
 
-def embedded_ids(workdir: Workdir, model: str) -> set[str]:
-    if not workdir.has_table(EMBEDDINGS):
+def embedded_ids(workdir: Workdir, key: str) -> set[str]:
+    if not workdir.has_embeddings(key):
         return set()
-    done = workdir.table(EMBEDDINGS).to_lance().to_table(
-        columns=["image_id"], filter=f"model_run = '{model}'")
-    return set(done.column("image_id").to_pylist())
+    return set(workdir.embeddings(key, ["image_id"]).column("image_id").to_pylist())
 
 
 def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = None) -> EmbedSummary:
@@ -125,7 +125,7 @@ def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = N
     if len(pending):
         connect(ray_address)
         _stream_vectors(workdir, config, model, pending, summary, started)
-        summary.indexed = ensure_vector_index(workdir, config.index_min_rows)
+        summary.indexed = ensure_vector_index(workdir, summary.model_run, config.index_min_rows)
     summary.seconds = monotonic() - started
     return summary
 
@@ -145,7 +145,7 @@ def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
                             num_gpus=1 if config.use_gpu else 0,
                             num_cpus=0 if config.use_gpu else 1,
                             compute=ray.data.ActorPoolStrategy(size=workers)))
-    sink = TableAppender(workdir, EMBEDDINGS, config.commit_rows)
+    sink = TableAppender(partial(workdir.append_embeddings, summary.model_run), config.commit_rows)
     with progress_bar("embed", total=len(pending), unit="scans") as advance:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             summary.startup_seconds = summary.startup_seconds or monotonic() - started
@@ -157,9 +157,10 @@ def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
     summary.embedded = sink.committed
 
 
-def ensure_vector_index(workdir: Workdir, min_rows: int) -> bool:
-    """Build LanceDB's IVF-PQ cosine index once the table is big enough for brute force to hurt."""
-    table = workdir.table(EMBEDDINGS)
+def ensure_vector_index(workdir: Workdir, key: str, min_rows: int) -> bool:
+    """Build LanceDB's IVF-PQ cosine index of `key`'s vector space once its table is big enough
+    for brute force to hurt."""
+    table = workdir.embeddings_table(key)
     rows = table.count_rows()
     if rows < min_rows or any(i.columns == ["vector"] for i in table.list_indices()):
         return False

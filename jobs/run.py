@@ -34,7 +34,7 @@ from jobs.neighbors import DEFAULT_K, run_neighbors
 from jobs.self_label import SelfLabelConfig, run_self_label
 from jobs.sites import run_sites
 from jobs.train_ssl import CONFIG_FILE, run_train_ssl
-from schemas.tables import EMBEDDINGS, SCANS, SITES
+from schemas.tables import SCANS, SITES
 
 EXPORT_FILE = "assignments.csv"
 CLUSTER_OUTPUT = "cluster-output"  # stamp naming the model `fusc cluster` made, for self-label
@@ -140,12 +140,11 @@ def _version(workdir: Workdir, table: str) -> int | None:
 
 
 def _embedding_rows(workdir: Workdir, embedding: str) -> dict:
-    """What changes when the vectors of `embedding` do: their number and the newest. Not the
-    table's version, which network-mode stages move by adding the vectors of their own runs."""
-    if not workdir.has_table(EMBEDDINGS):
+    """What changes when the vectors of `embedding` do: their number and the newest. Not its
+    table's version, which building the vector index moves too."""
+    if not workdir.has_embeddings(embedding):
         return {}
-    times = workdir.table(EMBEDDINGS).to_lance().to_table(
-        columns=["embedded_at"], filter=f"model_run = '{embedding}'").column("embedded_at")
+    times = workdir.embeddings(embedding, ["embedded_at"]).column("embedded_at")
     newest = pc.max(times).as_py()
     return {"rows": len(times), "newest": newest.isoformat() if newest else None}
 

@@ -3,11 +3,19 @@
 One place defines each table; `fusc_lib.store` creates and opens them from here.
 """
 
+import hashlib
+import re
+
 import pyarrow as pa
 
 SCANS = "scans"
 QUARANTINE = "quarantine"
-EMBEDDINGS = "embeddings"
+DUPLICATES = "duplicates"
+# One table per embedding key (`<model>[~views<n>]`): each key is its own vector space, with its
+# own width and IVF-PQ index. Workdirs made before held every key in one table, `embeddings`.
+EMBEDDINGS_PREFIX = "embeddings-"
+LEGACY_EMBEDDINGS = "embeddings"
+EMBEDDING_KEY = b"fusc.embedding_key"  # schema metadata: the key an embeddings table holds
 SITES = "sites"
 NEIGHBORS = "neighbors"
 ASSIGNMENTS = "assignments"
@@ -28,6 +36,18 @@ SCANS_SCHEMA = pa.schema([
     pa.field("ocr_text", pa.string()),  # only with --keep-ocr-text: may hold patient names
     pa.field("preprocess_version", pa.string(), nullable=False),
     pa.field("ingested_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    # What decoding assumed or corrected, e.g. "EXIF orientation 6 applied" or "no file meta:
+    # transfer syntax assumed Implicit VR Little Endian"; null when nothing was.
+    pa.field("decode_notes", pa.string()),
+])
+
+# Files whose bytes equal a file already in `scans` (a re-export, a copy in another study
+# folder): not decoded twice, but recorded, so `fusc export` lists them with their twin's cluster.
+DUPLICATES_SCHEMA = pa.schema([
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("frame", pa.int32(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=False),  # the scan it is a copy of
+    pa.field("recorded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
 ])
 
 QUARANTINE_SCHEMA = pa.schema([
@@ -66,15 +86,26 @@ ASSIGNMENTS_SCHEMA = pa.schema([
 ])
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
-    """One L2-normalised vector per scan and model; the dimension is fixed per table."""
+def embeddings_table_name(key: str) -> str:
+    """The table of embedding key `key`: `embeddings-<slug>-<8 hex of sha1(key)>`.
+
+    LanceDB names allow only [A-Za-z0-9_.-]: the slug keeps the name readable, the hash keeps
+    keys that slug alike (`a:b`, `a/b`) apart.
+    """
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:64]
+    return f"{EMBEDDINGS_PREFIX}{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def embeddings_schema(dim: int, key: str) -> pa.Schema:
+    """One L2-normalised vector per scan of embedding key `key` (its table's metadata names
+    the key); every vector `dim` wide."""
     return pa.schema([
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("model_run", pa.string(), nullable=False),
+        pa.field("model_run", pa.string(), nullable=False),  # the key, on every row
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
         pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
-    ])
+    ], metadata={EMBEDDING_KEY: key.encode()})
 
 
-SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA, SITES: SITES_SCHEMA,
-           NEIGHBORS: NEIGHBORS_SCHEMA, ASSIGNMENTS: ASSIGNMENTS_SCHEMA}
+SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA, DUPLICATES: DUPLICATES_SCHEMA,
+           SITES: SITES_SCHEMA, NEIGHBORS: NEIGHBORS_SCHEMA, ASSIGNMENTS: ASSIGNMENTS_SCHEMA}

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs.embed import EmbedConfig, ensure_vector_index, run_embed
+from jobs._vectors import clustering_space, latest_embedding, load_embeddings
+from jobs.embed import EmbedConfig, embedding_rows, ensure_vector_index, run_embed
 from jobs.ingest import run_ingest
-from schemas.tables import EMBEDDINGS
+from schemas.tables import LEGACY_EMBEDDINGS, embeddings_table_name
 
 MODEL = "pretrained:efficientnet_lite0"
 
@@ -29,8 +32,8 @@ def scans_workdir(ray_session, data_dir, tmp_path) -> tuple[Workdir, object]:
     return store, folder
 
 
-def _vectors(store: Workdir) -> tuple[list[str], np.ndarray]:
-    table = store.table(EMBEDDINGS).to_arrow()
+def _vectors(store: Workdir, key: str) -> tuple[list[str], np.ndarray]:
+    table = store.embeddings(key, ["image_id", "vector"])
     return table.column("image_id").to_pylist(), np.stack(table.column("vector").to_numpy(zero_copy_only=False))
 
 
@@ -38,7 +41,7 @@ def test_one_unit_vector_per_scan_and_rerun_adds_nothing(scans_workdir, data_dir
     store, folder = scans_workdir
     config = EmbedConfig(model=MODEL, input_size=64, batch_size=5, commit_rows=4)
     summary = run_embed(store, config)
-    ids, vectors = _vectors(store)
+    ids, vectors = _vectors(store, summary.model_run)
     assert summary.embedded == len(ids) == len(set(ids)) == 12
     assert np.isfinite(vectors).all()
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
@@ -50,20 +53,20 @@ def test_one_unit_vector_per_scan_and_rerun_adds_nothing(scans_workdir, data_dir
     run_ingest(store, IngestConfig(paths=[str(folder)]), workdir_preprocess(store))
     again = run_embed(store, config)
     assert (again.embedded, again.already_done) == (3, 12)
-    assert len(set(_vectors(store)[0])) == 15
+    assert len(set(_vectors(store, summary.model_run)[0])) == 15
 
 
 def test_vector_index_is_built_only_when_the_table_is_large(scans_workdir):
     store, _ = scans_workdir
-    run_embed(store, EmbedConfig(model=MODEL, input_size=64))
-    assert not ensure_vector_index(store, min_rows=100_000)
+    key = run_embed(store, EmbedConfig(model=MODEL, input_size=64)).model_run
+    assert not ensure_vector_index(store, key, min_rows=100_000)
     # Over the threshold the IVF-PQ index is built (tiny sizes: one partition).
-    table = store.table(EMBEDDINGS)
+    table = store.embeddings_table(key)
     rows = table.to_arrow()
     for _ in range(22):  # 12 x 23 = 276 rows: enough for PQ training
         table.add(rows)
-    assert ensure_vector_index(store, min_rows=256)
-    assert any(index.columns == ["vector"] for index in store.table(EMBEDDINGS).list_indices())
+    assert ensure_vector_index(store, key, min_rows=256)
+    assert any(index.columns == ["vector"] for index in store.embeddings_table(key).list_indices())
 
 
 def test_workdir_without_a_model_says_what_to_do(scans_workdir):
@@ -85,10 +88,61 @@ def test_view_averaged_embeddings_are_keyed_by_views_and_reproducible(scans_work
     model, views = parse_embedding_key(summary.model_run)
     encoder = model_encoder(store, model)
     assert (encoder.input_size, views) == (48, 3)
-    ids, vectors = _vectors(store)
+    ids, vectors = _vectors(store, summary.model_run)
     scans = store.table(SCANS).to_lance().to_table(columns=["image_id", "image"])
     image = dict(zip(scans.column("image_id").to_pylist(), scans.column("image").to_pylist()))
     again = encoder.embed([decode_png(image[i]) for i in ids[:4]], ids[:4], views)
     assert np.allclose(again, vectors[:4], atol=1e-5)
     single = encoder.embed([decode_png(image[i]) for i in ids[:4]], ids[:4], 1)
     assert not np.allclose(single, vectors[:4], atol=1e-3)  # the extra views do count
+
+
+def test_models_of_different_widths_share_one_workdir(scans_workdir):
+    """A 1280-d ImageNet EfficientNet-Lite0 and a 512-d random ResNet18 (an SSL run folder
+    written by hand) embedded into one workdir: each key gets its own table at its own width,
+    and each loads as a clustering space."""
+    from fusc_lib.models.backbones import RANDOM, create_backbone
+    from fusc_lib.models.encoder import save_encoder
+    from jobs.sites import run_sites
+
+    store, _ = scans_workdir
+    save_encoder(create_backbone("resnet18", RANDOM), 64, store.ssl_run_dir("resnet18-random"))
+    keys = [run_embed(store, EmbedConfig(model=model, input_size=64)).model_run
+            for model in (MODEL, "resnet18-random")]
+    assert store.embedding_keys() == sorted(keys) and latest_embedding(store) == keys[-1]
+    run_sites(store)
+    for key, dim in zip(keys, (1280, 512)):
+        ids, vectors = _vectors(store, key)
+        assert vectors.shape == (12, dim) and len(set(ids)) == 12
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+        space = clustering_space(store, key)
+        assert space.image_ids == sorted(ids) and space.vectors.shape == (12, dim)
+
+
+def test_each_embedding_key_has_its_own_valid_table_name():
+    """LanceDB names allow only [A-Za-z0-9_.-]; keys that slug alike still get their own table."""
+    keys = ["pretrained:efficientnet_lite0@64~views20", "pretrained_efficientnet_lite0_64_views20",
+            "a:b", "a/b"]
+    names = [embeddings_table_name(key) for key in keys]
+    assert len(set(names)) == len(keys) and names == [embeddings_table_name(k) for k in keys]
+    assert all(re.fullmatch(r"embeddings-[A-Za-z0-9_.-]+-[0-9a-f]{8}", name) for name in names)
+    assert names[0].startswith("embeddings-pretrained_efficientnet_lite0_64_views20-")
+
+
+def test_an_old_single_embeddings_table_is_split_per_key(tmp_path):
+    """A workdir made before per-key tables holds every key in one `embeddings` table: on first
+    use it is split by model_run into the per-key tables, and dropped."""
+    rng = np.random.default_rng(0)
+    vectors = {"run-a": rng.normal(size=(5, 8)), "run-a~views20": rng.normal(size=(3, 8))}
+    old = pa.concat_tables(
+        embedding_rows(pa.array([f"{key}-{i}" for i in range(len(v))]), key, v)
+        .replace_schema_metadata() for key, v in vectors.items())
+    Workdir(str(tmp_path)).db.create_table(LEGACY_EMBEDDINGS, old)
+    store = Workdir(str(tmp_path))
+    assert store.embedding_keys() == sorted(vectors)
+    assert not store.has_table(LEGACY_EMBEDDINGS)
+    for key, expected in vectors.items():
+        ids, got = load_embeddings(store, key)
+        assert ids == [f"{key}-{i}" for i in range(len(expected))]
+        assert np.allclose(got, expected.astype(np.float32))
+    assert latest_embedding(store) in vectors

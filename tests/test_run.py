@@ -24,7 +24,7 @@ from fusc_lib.store import Workdir
 from jobs.assign import run_assign
 from jobs.export import COLUMNS, export_table, write_export
 from jobs.run import RunConfig, run_all
-from schemas.tables import ASSIGNMENTS, EMBEDDINGS, NEIGHBORS, SCANS, SITES
+from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
 
 PRETRAINED = "pretrained:efficientnet_lite0"
 TINY_SSL = {"image_size": 32, "epochs": 2, "batch_size": 8}
@@ -220,7 +220,7 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     assert len(loss_csv.read_text().splitlines()) == 1 + SelfLabelConfig().network_epochs
     assert not torch.equal(read_head(str(folder))["weight"], start.head.weight)
     embedding = f"selflabel-{start.version}~views2"
-    embedded = store.table(EMBEDDINGS).count_rows(f"model_run = '{embedding}'")
+    embedded = store.embeddings_table(embedding).count_rows()
     assert embedded == store.table(SCANS).count_rows()
     trained_at = loss_csv.stat().st_mtime_ns
     summary = run_self_label(store, SelfLabelConfig(model=start.version, mode="network"))
@@ -274,5 +274,5 @@ def test_assign_embeds_and_places_scans_ingested_after_the_model(finished, tmp_p
     assert scans == 18 and store.table(SITES).count_rows() == 16
     summary = run_assign(store)
     assert summary.embedded == 2 and summary.assigned == 2 and sum(summary.sizes) == scans
-    vectors = store.table(EMBEDDINGS).count_rows(f"model_run = '{model.embedding}'")
+    vectors = store.embeddings_table(model.embedding).count_rows()
     assert vectors == scans
