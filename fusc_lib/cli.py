@@ -44,6 +44,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _warn(message: str | None) -> None:
+    if message:
+        console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[str] | None, typer.Argument(
@@ -383,6 +388,7 @@ def assign(
     ingested since the model was made are embedded first (its encoder and views) and, without
     a named site, put in the style group the model's saved site model gives them.
     """
+    from fusc_lib.metrics import chance_confidence_warning
     from fusc_lib.store import Workdir
     from jobs.assign import run_assign
 
@@ -391,8 +397,11 @@ def assign(
     except ValueError as error:
         _fail(str(error))
     embedded = f"{summary.embedded} new scans embedded first, " if summary.embedded else ""
+    copies = f" (+ {summary.copies} file copies, exported with their twin's cluster)" \
+        if summary.copies else ""
     console.print(f"model {summary.version}: {embedded}{summary.assigned} assigned, "
-                  f"{summary.already_done} already; cluster sizes {summary.sizes}")
+                  f"{summary.already_done} already; cluster sizes {summary.sizes}{copies}")
+    _warn(chance_confidence_warning(summary.mean_confidence, len(summary.sizes)))
 
 
 @app.command()
@@ -483,6 +492,8 @@ def run(
     Console().print(table)
     console.print(f"NMI of the clusters against site (given or inferred; lower = less "
                   f"hospital in the clusters): {summary.site_nmi:.3f}")
+    for warning in summary.warnings:
+        _warn(warning)
     if labels:
         _print_cluster_scores(store, summary.version, labels)
     console.print(f"assignments: {summary.export}\ntables: {store.lancedb_uri}")

@@ -83,3 +83,20 @@ def embedding_report(vectors: np.ndarray, views: Sequence, sites: Sequence,
         "kmeans_nmi_view": float(normalized_mutual_info_score(views, view_clusters)),
         "kmeans_nmi_site": float(normalized_mutual_info_score(sites, site_clusters)),
     }
+
+
+CHANCE_MARGIN = 1.5  # mean confidence under this many times chance (1/K) is flagged
+
+
+def chance_confidence_warning(mean_confidence: float, n_clusters: int) -> str | None:
+    """A warning when assignments are barely surer than a uniform guess, else None.
+
+    Label-free: a head whose mean top probability stays near 1/K has not separated the scans
+    (too many clusters for the data, or a failed training), whatever its cluster sizes say.
+    """
+    chance = 1.0 / n_clusters
+    if mean_confidence >= CHANCE_MARGIN * chance:
+        return None
+    return (f"clusters at chance confidence: mean confidence {mean_confidence:.2f} where a "
+            f"uniform guess over {n_clusters} clusters gives {chance:.2f}; try fewer clusters "
+            "(--clusters) or more training (--cluster-epochs)")

@@ -28,7 +28,7 @@ from fusc_lib.store import Workdir, rows_by_id, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
 from jobs.embed import EmbedConfig, run_embed
-from schemas.tables import ASSIGNMENTS, SCANS, SITES
+from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS, SITES
 
 COMMIT_ROWS = 50_000
 
@@ -41,6 +41,8 @@ class AssignSummary:
     sizes: list[int]  # scans per cluster under this version, all of them
     seconds: float
     embedded: int = 0  # scans embedded first (new since the model's embedding was made)
+    copies: int = 0  # files whose bytes equal an assigned scan's (`duplicates`): its cluster
+    mean_confidence: float = 0.0  # over every scan under this version; 1/K is chance
 
 
 class _AssignActor:
@@ -99,9 +101,11 @@ def run_assign(workdir: Workdir, version: str | None = None,
     if total > len(done):
         connect(ray_address)
         appended = _stream_assignments(workdir, model, done, total - len(done))
-    return AssignSummary(version, appended, len(done), cluster_sizes(workdir, version,
-                                                                    model.n_clusters),
-                         monotonic() - started, embedded)
+    clusters, confidences = _assigned(workdir, version)
+    return AssignSummary(version, appended, len(done),
+                         np.bincount(clusters, minlength=model.n_clusters).tolist(),
+                         monotonic() - started, embedded, _copies(workdir),
+                         float(confidences.mean()) if len(confidences) else 0.0)
 
 
 def _embed_new_scans(workdir: Workdir, model: ClusterModel, ray_address: str | None) -> int:
@@ -143,9 +147,13 @@ def assigned_ids(workdir: Workdir, version: str) -> pa.Array:
     return table.column("image_id").combine_chunks()
 
 
-def cluster_sizes(workdir: Workdir, version: str, n_clusters: int) -> list[int]:
-    if not workdir.has_table(ASSIGNMENTS):
-        return [0] * n_clusters
-    clusters = workdir.table(ASSIGNMENTS).to_lance().to_table(
-        columns=["cluster_id"], filter=f"model_version = '{version}'").column("cluster_id")
-    return np.bincount(clusters.to_numpy(), minlength=n_clusters).tolist()
+def _assigned(workdir: Workdir, version: str) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster id, confidence) of every scan assigned under `version`."""
+    rows = workdir.table(ASSIGNMENTS).to_lance().to_table(
+        columns=["cluster_id", "confidence"], filter=pc.field("model_version") == version)
+    return rows.column("cluster_id").to_numpy(), rows.column("confidence").to_numpy()
+
+
+def _copies(workdir: Workdir) -> int:
+    """Files recorded as byte-identical copies of a scan: exported with their twin's cluster."""
+    return workdir.table(DUPLICATES).count_rows()

@@ -10,6 +10,7 @@ killed); scans ingested later are embedded with it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
@@ -21,8 +22,10 @@ from pydantic import BaseModel, Field
 from fusc_lib.artifacts import exists
 from fusc_lib.diagnostics import site_nmi
 from fusc_lib.ingest import IngestConfig
+from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import embedding_key, is_trained
 from fusc_lib.preprocess import workdir_preprocess
+from fusc_lib.sources import gather_sources
 from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
@@ -76,6 +79,7 @@ class RunSummary:
     sizes: list[int] = field(default_factory=list)
     site_nmi: float = 0.0  # clusters vs the sites table: how much they follow hospitals
     export: str = ""
+    warnings: list[str] = field(default_factory=list)  # degenerate results, never hidden
 
 
 def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
@@ -98,7 +102,9 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
         echo(report)
 
     if config.paths or config.manifest:
+        _check_clusters(config.clusters, _scans(workdir) + _most_new_scans(config), "can hold")
         stage("ingest", lambda: _ingest(workdir, config, ray_address))
+    _check_clusters(config.clusters, _scans(workdir), "holds")
     model = resolve_model(workdir, config.model) if config.model else config.ssl.run
     if not config.model:
         stage("train-ssl", lambda: _train_ssl(workdir, config.ssl, ray_address),
@@ -129,6 +135,25 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
     return summary
 
 
+def _check_clusters(clusters: int, scans: int, verb: str) -> None:
+    """Raise ValueError unless there are more scans than clusters (checked before any work,
+    against the most the inputs can give, and again after ingest, against what it gave)."""
+    if clusters >= scans:
+        raise ValueError(f"--clusters {clusters} needs more scans than clusters, and this run "
+                         f"{verb} {scans}: choose fewer clusters or give more scans")
+
+
+def _scans(workdir: Workdir) -> int:
+    return workdir.table(SCANS).count_rows() if workdir.has_table(SCANS) else 0
+
+
+def _most_new_scans(config: RunConfig) -> int:
+    """The most scans the inputs can add: every file named, each with its frame limit."""
+    files = len(gather_sources(config.paths, config.manifest))
+    frames = IngestConfig().frames  # what `_ingest` uses
+    return files * frames if frames else sys.maxsize
+
+
 def _stamp(workdir: Workdir, stage: str) -> dict:
     return workdir.read_json("stages", f"{stage}.json") or {}
 
@@ -153,7 +178,7 @@ def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str
     ingest = IngestConfig(paths=config.paths, manifest=config.manifest)
     result = run_ingest(workdir, ingest, workdir_preprocess(workdir), ray_address)
     return (f"{result.rows_ingested} new scans, {result.files_already_done} files already in, "
-            f"{result.quarantined} quarantined")
+            f"{result.duplicates} copies of a scan, {result.quarantined} quarantined")
 
 
 def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str:
@@ -198,5 +223,8 @@ def _assign(workdir: Workdir, summary: RunSummary, ray_address: str | None) -> s
     result = run_assign(workdir, ray_address=ray_address)
     summary.version, summary.sizes = result.version, result.sizes
     summary.site_nmi = site_nmi(workdir, result.version)
-    return f"model {result.version}: {result.assigned} assigned"
+    warning = chance_confidence_warning(result.mean_confidence, len(result.sizes))
+    summary.warnings += [warning] if warning else []
+    copies = f" (+ {result.copies} file copies share their twin's)" if result.copies else ""
+    return f"model {result.version}: {result.assigned} assigned{copies}"
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fusc_lib.metrics import (
+    chance_confidence_warning,
     embedding_report,
     hungarian_accuracy,
     knn_accuracy,
@@ -43,3 +44,9 @@ def test_embedding_report_separates_view_signal_from_site_signal():
     assert report["knn_accuracy_view"] > 0.95 and report["kmeans_nmi_view"] > 0.9
     assert report["kmeans_nmi_site"] < 0.1
     assert knn_accuracy(rng.normal(0, 1, (80, 2)), views) < 0.8  # noise carries no view
+
+
+def test_chance_confidence_is_flagged():
+    assert chance_confidence_warning(0.26, 4) is not None  # 1/4 is a uniform guess
+    assert "chance confidence" in chance_confidence_warning(0.09, 15)
+    assert chance_confidence_warning(0.9, 4) is None

@@ -51,6 +51,9 @@ def finished(tmp_path_factory, data_dir, ray_session):
     store = _tiny_workdir(root / "w")
     config = RunConfig(paths=[str(_archive(data_dir, root / "in"))], clusters=3,
                        model=PRETRAINED, views=2, k=5, heads=3, cluster_epochs=20)
+    first = sorted(Path(config.paths[0]).iterdir())[0]
+    (Path(config.paths[0]) / "re-export").mkdir()
+    shutil.copy(first, Path(config.paths[0]) / "re-export" / "copy.png")  # same bytes
     reports = []
     summary = run_all(store, config, echo=reports.append)
     return store, config, summary, reports
@@ -70,8 +73,13 @@ def test_run_assigns_every_scan_once_and_exports_them(finished):
     assert (np.asarray(assigned.column("confidence")) == probabilities.max(axis=1)).all()
     with open(summary.export, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == COLUMNS and len(rows) == scans
-    assert {Path(r["source_uri"]).name.split("__")[0] for r in rows} == {"african-planes", "hc18"}
+    assert list(rows[0]) == COLUMNS and len(rows) == scans + 1  # + the byte-identical copy
+    (copy,) = [r for r in rows if r["duplicate_of"]]  # whichever of the two came second
+    (twin,) = [r for r in rows if r["source_uri"] == copy["duplicate_of"]]
+    assert "copy.png" in {Path(copy["source_uri"]).name, Path(twin["source_uri"]).name}
+    assert (copy["image_id"], copy["cluster_id"]) == (twin["image_id"], twin["cluster_id"])
+    assert {Path(r["source_uri"]).name.split("__")[0] for r in rows} == {
+        "african-planes", "hc18", "copy.png"}
 
 
 def test_sites_are_inferred_from_style_when_none_is_given(finished):
@@ -276,3 +284,14 @@ def test_assign_embeds_and_places_scans_ingested_after_the_model(finished, tmp_p
     assert summary.embedded == 2 and summary.assigned == 2 and sum(summary.sizes) == scans
     vectors = store.embeddings_table(model.embedding).count_rows()
     assert vectors == scans
+
+
+def test_clusters_are_checked_against_the_scans_before_the_work(tmp_path, data_dir, ray_session):
+    folder = _archive(data_dir, tmp_path / "in", per_set=2)  # 4 stills
+    store = _tiny_workdir(tmp_path / "w")
+    with pytest.raises(ValueError, match="--clusters 70 needs more scans .* can hold 64"):
+        run_all(store, RunConfig(paths=[str(folder)], clusters=70, model=PRETRAINED))
+    assert not store.has_table(SCANS)  # refused before any work
+    with pytest.raises(ValueError, match="--clusters 5 needs more scans .* holds 4"):
+        run_all(store, RunConfig(paths=[str(folder)], clusters=5, model=PRETRAINED))
+    assert store.embedding_keys() == []  # refused after ingest, before the costly stages
