@@ -151,8 +151,10 @@ def _then(first: tuple[int, np.ndarray], rest: Iterator[tuple[int, np.ndarray]],
     yield from rest
     missing = [i for i in indices if i >= available]
     if missing:
+        which = (f"frame {missing[0]} is" if len(missing) == 1
+                 else f"{len(missing)} selected frames ({missing[0]}–{missing[-1]}) are")
         raise BadInput(f"multi-frame DICOM holds {available} of the {claimed} frames it claims: "
-                       f"{len(missing)} selected frames ({missing[0]}–{missing[-1]}) are missing")
+                       f"{which} missing")
 
 
 def _as_displayed(pixels: np.ndarray, dataset: Dataset, photometric: str) -> np.ndarray:

@@ -267,6 +267,9 @@ def archive(tmp_path_factory, data_dir, gray) -> Path:
     (series / "scan.dcm").write_bytes(encode(pixels[2], "JPEG"))  # a JPEG named .dcm
     (series / "SCAN.PNG").write_bytes(make_dicom(pixels[3]))  # a DICOM named .PNG
     (series / "cine").write_bytes(make_dicom(np.stack([pixels[4] // (i + 1) for i in range(9)])))
+    cut = pydicom.dcmread(io.BytesIO(make_dicom(np.stack([pixels[4] // (i + 2) for i in range(6)]))))
+    cut.PixelData = cut.PixelData[: 4 * pixels[4].size]  # claims 6 frames, holds 4
+    cut.save_as(series / "cine-cut", enforce_file_format=True)
     shutil.copy(images[0], series / "first.png")
     shutil.copy(images[0], other / "first-again.png")  # byte-identical copy in another study
     (series / "DICOMDIR").write_bytes(_non_image_dicom(MediaStorageDirectoryStorage))
@@ -283,15 +286,16 @@ def test_pacs_export_ingests_every_scan_and_quarantines_the_rest(ray_session, ar
     for uri in scans.column("source_uri").to_pylist():
         by_name[Path(uri).name] = by_name.get(Path(uri).name, 0) + 1
     assert by_name == {UID_NAME: 1, "IM000002": 1, "scan.dcm": 1, "SCAN.PNG": 1, "cine": 3,
-                       "first.png": 1}
+                       "cine-cut": 2, "first.png": 1}  # cine-cut: frames 0 and 2 of 0, 2, 5
     cine = scans.filter(pc.equal(scans.column("source_uri"), str(archive / "SERIES 1" / "cine")))
-    assert sorted(cine.column("frame").to_pylist()) == [0, 4, 8] and summary.frames_skipped == 6
+    assert sorted(cine.column("frame").to_pylist()) == [0, 4, 8] and summary.frames_skipped == 9
     notes = dict(zip(scans.column("source_uri").to_pylist(), scans.column("decode_notes").to_pylist()))
     assert "Implicit VR Little Endian" in notes[str(archive / "SERIES 1" / "IM000002")]
     quarantine = store.table(QUARANTINE).to_arrow()
     reasons = {Path(u).name: r for u, r in zip(quarantine.column("source_uri").to_pylist(),
                                                 quarantine.column("reason").to_pylist())}
-    assert set(reasons) == {"DICOMDIR", "report.pdf", "icon.png", "link.png"}
+    assert set(reasons) == {"DICOMDIR", "report.pdf", "icon.png", "link.png", "cine-cut"}
+    assert "holds 4 of the 6 frames it claims: frame 5 is missing" in reasons["cine-cut"]
     assert "DICOMDIR" in reasons["DICOMDIR"] and "PDF" in reasons["report.pdf"]
     assert "too small" in reasons["icon.png"] and "broken symbolic link" in reasons["link.png"]
     copies = store.table(DUPLICATES).to_arrow()
@@ -299,7 +303,7 @@ def test_pacs_export_ingests_every_scan_and_quarantines_the_rest(ray_session, ar
     assert summary.duplicates == 1
     _, again = _ingest(tmp_path / "w", [str(archive)], frames=3)
     assert (again.rows_ingested, again.quarantined, again.duplicates) == (0, 0, 0)
-    assert again.files_already_done == summary.files_found == 11
+    assert again.files_already_done == summary.files_found == 12
 
 
 # --- the handed cases of ../shared/field-cases --------------------------------------------------
