@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pyarrow.fs as pafs
@@ -28,3 +29,20 @@ def write_bytes(uri: str, data: bytes) -> None:
 def exists(uri: str) -> bool:
     filesystem, path = _resolve(uri)
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def save_torch(uri: str, state: object) -> None:
+    """`torch.save` of tensors / state dicts to a local path or object-store URI, whole."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(uri, buffer.getvalue())
+
+
+def load_torch(uri: str) -> object:
+    """What `save_torch` wrote (tensors, dicts, lists, str: torch's default weights-only load),
+    on the CPU."""
+    import torch
+
+    return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu")

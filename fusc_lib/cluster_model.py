@@ -10,7 +10,6 @@ use; a stage changes it only by writing a new version, so the previous one stays
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
-from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
 from fusc_lib.clustering import ClusterResult
 from fusc_lib.sites import SiteCentering, SiteModel
 from fusc_lib.store import Workdir
@@ -48,9 +47,7 @@ class ClusterModel:
 
     def save(self, workdir: Workdir, make_current: bool = True) -> str:
         folder = workdir.cluster_model_dir(self.version)
-        buffer = io.BytesIO()
-        torch.save({"weight": self.head.weight, "bias": self.head.bias}, buffer)
-        write_bytes(f"{folder}/{HEAD_FILE}", buffer.getvalue())
+        save_torch(f"{folder}/{HEAD_FILE}", {"weight": self.head.weight, "bias": self.head.bias})
         meta = {"version": self.version, "embedding": self.embedding,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "centering": self.centering.to_dict(),
@@ -70,7 +67,7 @@ class ClusterModel:
         if not exists(f"{folder}/{META_FILE}"):
             raise ValueError(f"no cluster model {version!r} in {folder}")
         meta = json.loads(read_bytes(f"{folder}/{META_FILE}"))
-        state = torch.load(io.BytesIO(read_bytes(f"{folder}/{HEAD_FILE}")), map_location="cpu")
+        state = load_torch(f"{folder}/{HEAD_FILE}")
         n = state["weight"].shape[0]
         head = ClusterResult.from_state({**state, "probabilities": torch.empty(0, n)},
                                         meta["head"])

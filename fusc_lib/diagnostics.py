@@ -19,7 +19,6 @@ from fusc_lib.metrics import embedding_report, score_clusters
 from fusc_lib.models.encoder import Encoder, load_encoder, pretrained_encoder
 from fusc_lib.preprocess import decode_png
 from fusc_lib.store import Workdir
-from schemas.tables import ASSIGNMENTS, SCANS, SITES
 
 
 def read_labels(paths: list[str | Path]) -> dict[str, tuple[str, str]]:
@@ -37,7 +36,7 @@ def read_labels(paths: list[str | Path]) -> dict[str, tuple[str, str]]:
 def labelled_scans(workdir: Workdir, labels: dict[str, tuple[str, str]]
                    ) -> tuple[list[np.ndarray], list[str], list[str]]:
     """The stored images of the scans named in `labels`, with their view and site."""
-    table = workdir.table(SCANS).to_lance().to_table(columns=["source_uri", "image"])
+    table = workdir.scans(["source_uri", "image"])
     images, views, sites = [], [], []
     for uri, data in zip(table.column("source_uri").to_pylist(), table.column("image").to_pylist()):
         label = labels.get(Path(uri).name)
@@ -78,7 +77,7 @@ def representation_report(workdir: Workdir, labels_csvs: list[str | Path], run_d
 def labels_of(workdir: Workdir, labels: dict[str, tuple[str, str]], image_ids: list[str]
               ) -> tuple[list[str], list[str]]:
     """(views, sites) of the given scans, by the file name of their source."""
-    scans = workdir.table(SCANS).to_lance().to_table(columns=["image_id", "source_uri"])
+    scans = workdir.scans(["image_id", "source_uri"])
     name = dict(zip(scans.column("image_id").to_pylist(),
                     (Path(u).name for u in scans.column("source_uri").to_pylist())))
     missing = [i for i in image_ids if name[i] not in labels]
@@ -97,8 +96,7 @@ def clustering_scores(views: list[str], sites: list[str], clusters: np.ndarray
 
 
 def assigned_clusters(workdir: Workdir, version: str) -> tuple[list[str], np.ndarray]:
-    table = workdir.table(ASSIGNMENTS).to_lance().to_table(
-        columns=["image_id", "cluster_id"], filter=f"model_version = '{version}'")
+    table = workdir.assignments(version, ["image_id", "cluster_id"])
     return table.column("image_id").to_pylist(), table.column("cluster_id").to_numpy()
 
 
@@ -106,6 +104,5 @@ def site_nmi(workdir: Workdir, version: str) -> float:
     """NMI of a model's clusters against the `sites` table (given or inferred): how much the
     clusters follow hospitals/machines, without any labels. Lower is better."""
     ids, clusters = assigned_clusters(workdir, version)
-    sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
-    site_of = dict(zip(sites.column("image_id").to_pylist(), sites.column("site").to_pylist()))
+    site_of = workdir.site_of()
     return float(normalized_mutual_info_score([site_of[i] for i in ids], clusters))

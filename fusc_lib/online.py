@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.io import BadInput, content_id, decode, frame_id
@@ -225,7 +226,7 @@ class OnlineClusterer:
         similarity = 1.0 - np.asarray(hits.column("_distance"), dtype=np.float64)
         sources = self._rows(SCANS, ["image_id", "source_uri", "frame"], ids)
         clusters = self._rows(ASSIGNMENTS, ["image_id", "cluster_id"], ids,
-                              f"model_version = {_quoted(model.version)}")
+                              pc.field("model_version") == model.version)
         results = []
         for image_id, sim in zip(ids, similarity):
             source = sources.get(image_id, {})
@@ -238,15 +239,10 @@ class OnlineClusterer:
                 "embedding": model.embedding, "results": results}
 
     def _rows(self, table: str, columns: list[str], ids: list[str],
-              condition: str | None = None) -> dict[str, dict]:
+              condition: pc.Expression | None = None) -> dict[str, dict]:
         """Rows of a table for a few image ids (k at most), keyed by image id."""
         if not ids or not self.workdir.has_table(table):
             return {}
-        where = f"image_id IN ({', '.join(_quoted(i) for i in ids)})"
-        rows = self.workdir.table(table).to_lance().to_table(
-            columns=columns, filter=f"{where} AND {condition}" if condition else where)
+        where = pc.field("image_id").isin(ids)
+        rows = self.workdir.read(table, columns, where & condition if condition else where)
         return {row["image_id"]: row for row in rows.to_pylist()}
-
-
-def _quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"

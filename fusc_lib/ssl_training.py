@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from lightly.utils.scheduler import cosine_warmup_schedule
 
+from fusc_lib.artifacts import load_torch, save_torch
 from fusc_lib.models import SSLMethod, ViewMaker
 from fusc_lib.preprocess import decode_png
 from fusc_lib.ssl_config import SSLConfig
@@ -121,13 +122,14 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)
 
     def save(self, method: SSLMethod, optimizer: torch.optim.Optimizer, folder: str) -> None:
-        torch.save({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": self.epoch, "history": self.history}, f"{folder}/{STATE_FILE}")
+        save_torch(f"{folder}/{STATE_FILE}", {"method": method.state_dict(),
+                                              "optimizer": optimizer.state_dict(),
+                                              "epoch": self.epoch, "history": self.history})
 
     @classmethod
     def load(cls, method: SSLMethod, optimizer: torch.optim.Optimizer,
              folder: str) -> TrainingState:
-        saved = torch.load(f"{folder}/{STATE_FILE}", map_location="cpu")
+        saved = load_torch(f"{folder}/{STATE_FILE}")
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
         return cls(saved["epoch"], saved["history"])

@@ -19,10 +19,14 @@ import pyarrow.fs as pafs
 
 from fusc_lib import artifacts
 from schemas.tables import (
+    ASSIGNMENTS,
     EMBEDDING_KEY,
     EMBEDDINGS_PREFIX,
     LEGACY_EMBEDDINGS,
+    NEIGHBORS,
+    SCANS,
     SCHEMAS,
+    SITES,
     embeddings_schema,
     embeddings_table_name,
 )
@@ -34,6 +38,12 @@ def rows_by_id(table_uri: str, image_ids: list[str], columns: list[str]) -> pa.T
     """The rows of a Lance table whose image_id is one of `image_ids` (any order)."""
     return lance.dataset(table_uri).to_table(columns=columns,
                                              filter=pc.field("image_id").isin(image_ids))
+
+
+def by_embedding(embedding_key: str) -> pc.Expression:
+    """The filter of rows made for one embedding key (`neighbors`; also for Ray Data's
+    `read_lance(filter=...)`, which passes it to Lance as is)."""
+    return pc.field("model_run") == embedding_key
 
 
 def utc_now() -> datetime:
@@ -91,9 +101,35 @@ class Workdir:
             table.create_scalar_index("image_id")
         return table.uri
 
+    def read(self, name: str, columns: list[str] | None = None,
+             filter: pc.Expression | None = None) -> pa.Table:
+        """The rows of table `name` matching `filter`, only `columns` (default all).
+
+        Filters are pyarrow expressions (`pc.field("site") == site`): values are never pasted
+        into SQL. Columns not asked for stay on disk (image bytes, vectors).
+        """
+        return self.table(name).to_lance().to_table(columns=columns, filter=filter)
+
     def column(self, name: str, column: str) -> pa.ChunkedArray:
-        """One column of a table, read without touching the others (image bytes stay on disk)."""
-        return self.table(name).to_lance().to_table(columns=[column]).column(column)
+        """One column of a table, read without touching the others."""
+        return self.read(name, [column]).column(column)
+
+    def scans(self, columns: list[str], filter: pc.Expression | None = None) -> pa.Table:
+        """Rows of `scans` (see schemas/tables.py); ask only for the columns needed."""
+        return self.read(SCANS, columns, filter)
+
+    def site_of(self) -> dict[str, str]:
+        """image_id -> site of every scan, as `fusc sites` wrote them (given or inferred)."""
+        sites = self.read(SITES, ["image_id", "site"])
+        return dict(zip(sites.column("image_id").to_pylist(), sites.column("site").to_pylist()))
+
+    def neighbors(self, embedding_key: str, columns: list[str] | None = None) -> pa.Table:
+        """The neighbour rows mined in the clustering space of `embedding_key`."""
+        return self.read(NEIGHBORS, columns, by_embedding(embedding_key))
+
+    def assignments(self, version: str, columns: list[str] | None = None) -> pa.Table:
+        """The rows `fusc assign` wrote for cluster model `version`."""
+        return self.read(ASSIGNMENTS, columns, pc.field("model_version") == version)
 
     def append(self, name: str, rows: pa.Table) -> None:
         """Append rows to a table of `schemas/` (see `_add`)."""
@@ -106,11 +142,9 @@ class Workdir:
         self.db.create_table(name, rows.select(schema.names).cast(schema), mode="overwrite")
 
     def delete_where(self, name: str, column: str, values: list[str]) -> None:
-        """Delete the rows whose `column` is one of `values` (in chunks: SQL IN lists stay short)."""
-        for start in range(0, len(values), 1000):
-            chunk = values[start:start + 1000]
-            quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in chunk)
-            self.table(name).delete(f"{column} IN ({quoted})")
+        """Delete, in one commit, the rows whose `column` is one of `values`."""
+        if values:
+            self.table(name).to_lance().delete(pc.field(column).isin(values))
 
     # --- embeddings: one table per embedding key, each its own vector space of any width ---
 

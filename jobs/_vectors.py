@@ -49,8 +49,7 @@ def load_sites(workdir: Workdir, image_ids: list[str]) -> list[str]:
     """The site of each scan, from the `sites` table."""
     if not workdir.has_table(SITES):
         raise ValueError("no sites in this workdir: run `fusc sites` first")
-    table = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
-    by_id = dict(zip(table.column("image_id").to_pylist(), table.column("site").to_pylist()))
+    by_id = workdir.site_of()
     missing = [i for i in image_ids if i not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} embedded scans have no site (new scans since "

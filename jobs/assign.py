@@ -28,7 +28,7 @@ from fusc_lib.store import Workdir, rows_by_id, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
 from jobs.embed import EmbedConfig, run_embed
-from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS, SITES
+from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS
 
 COMMIT_ROWS = 50_000
 
@@ -116,8 +116,7 @@ def _embed_new_scans(workdir: Workdir, model: ClusterModel, ray_address: str | N
 
 def _stream_assignments(workdir: Workdir, model: ClusterModel, done: pa.Array,
                         pending: int) -> int:
-    sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
-    site_of = dict(zip(sites.column("image_id").to_pylist(), sites.column("site").to_pylist()))
+    site_of = workdir.site_of()
     dataset = (ray.data.read_lance(workdir.embeddings_table(model.embedding).uri,
                                    columns=["image_id", "vector"], num_cpus=0)
                .map_batches(_AssignActor, batch_size=4096, batch_format="pyarrow",
@@ -142,15 +141,12 @@ def _stream_assignments(workdir: Workdir, model: ClusterModel, done: pa.Array,
 def assigned_ids(workdir: Workdir, version: str) -> pa.Array:
     if not workdir.has_table(ASSIGNMENTS):
         return pa.array([], pa.string())
-    table = workdir.table(ASSIGNMENTS).to_lance().to_table(
-        columns=["image_id"], filter=f"model_version = '{version}'")
-    return table.column("image_id").combine_chunks()
+    return workdir.assignments(version, ["image_id"]).column("image_id").combine_chunks()
 
 
 def _assigned(workdir: Workdir, version: str) -> tuple[np.ndarray, np.ndarray]:
     """(cluster id, confidence) of every scan assigned under `version`."""
-    rows = workdir.table(ASSIGNMENTS).to_lance().to_table(
-        columns=["cluster_id", "confidence"], filter=pc.field("model_version") == version)
+    rows = workdir.assignments(version, ["cluster_id", "confidence"])
     return rows.column("cluster_id").to_numpy(), rows.column("confidence").to_numpy()
 
 

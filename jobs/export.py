@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from fusc_lib.cluster_model import ClusterModel
 from fusc_lib.store import Workdir
-from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS, SITES
+from schemas.tables import ASSIGNMENTS, DUPLICATES, SITES
 
 FORMATS = ("csv", "parquet")
 COLUMNS = ["source_uri", "frame", "image_id", "cluster_id", "cluster_name", "confidence",
@@ -27,13 +27,11 @@ def export_table(workdir: Workdir, version: str | None = None) -> pa.Table:
     model = ClusterModel.load(workdir, version)
     if not workdir.has_table(ASSIGNMENTS):
         raise ValueError("no assignments yet: run `fusc assign` first")
-    assigned = workdir.table(ASSIGNMENTS).to_lance().to_table(
-        columns=["image_id", "cluster_id", "confidence"],
-        filter=f"model_version = '{model.version}'")
+    assigned = workdir.assignments(model.version, ["image_id", "cluster_id", "confidence"])
     if not assigned.num_rows:
         raise ValueError(f"model {model.version} has assigned no scans: run `fusc assign`")
     scans = _source_files(workdir)
-    sites = workdir.table(SITES).to_lance().to_table(columns=["image_id", "site"])
+    sites = workdir.read(SITES, ["image_id", "site"])
     names = pa.table({"cluster_id": pa.array(list(model.names), pa.int32()),
                       "cluster_name": pa.array(list(model.names.values()), pa.string())})
     joined = (assigned.join(scans, "image_id").join(sites, "image_id", join_type="left outer")
@@ -44,12 +42,10 @@ def export_table(workdir: Workdir, version: str | None = None) -> pa.Table:
 def _source_files(workdir: Workdir) -> pa.Table:
     """Every ingested file frame: `scans` rows, then `duplicates` rows carrying their twin's
     image_id and pseudo view and its source in `duplicate_of`."""
-    scans = workdir.table(SCANS).to_lance().to_table(
-        columns=["image_id", "source_uri", "frame", "pseudo_view"])
+    scans = workdir.scans(["image_id", "source_uri", "frame", "pseudo_view"])
     twins = scans.select(["image_id", "pseudo_view", "source_uri"]).rename_columns(
         ["image_id", "pseudo_view", "duplicate_of"])
-    copies = workdir.table(DUPLICATES).to_lance().to_table(
-        columns=["image_id", "source_uri", "frame"]).join(twins, "image_id")
+    copies = workdir.read(DUPLICATES, ["image_id", "source_uri", "frame"]).join(twins, "image_id")
     originals = scans.append_column("duplicate_of", pa.nulls(scans.num_rows, pa.string()))
     return pa.concat_tables([originals, copies.select(originals.column_names)],
                             promote_options="permissive")

@@ -54,8 +54,7 @@ def run_neighbors(workdir: Workdir, embedding: str, k: int = DEFAULT_K,
 
 def load_neighbors(workdir: Workdir, embedding: str, image_ids: list[str]) -> np.ndarray:
     """(N, k) row numbers into `image_ids` of each scan's neighbours, from the table."""
-    table = workdir.table(NEIGHBORS).to_lance().to_table(
-        columns=["image_id", "neighbor_ids"], filter=f"model_run = '{embedding}'")
+    table = workdir.neighbors(embedding, ["image_id", "neighbor_ids"])
     rows = dict(zip(table.column("image_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
     if set(rows) != set(image_ids):
         raise ValueError(f"the neighbours of {embedding!r} are not those of its current "

@@ -40,7 +40,7 @@ from fusc_lib.ssl_training import (
     train_one_epoch,
     view_columns,
 )
-from fusc_lib.store import Workdir, rows_by_id
+from fusc_lib.store import Workdir, by_embedding, rows_by_id
 from jobs._ray import cluster_cpus, connect
 from schemas.tables import NEIGHBORS, SCANS, SITES
 
@@ -111,7 +111,7 @@ def _neighbour_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
         raise ValueError("method fusc needs neighbors_of: the embedding whose neighbours to use")
     return (ray.data.read_lance(workdir.table_uri(NEIGHBORS),
                                 columns=["image_id", "neighbor_ids"],
-                                filter=f"model_run = '{config.neighbors_of}'")
+                                filter=by_embedding(config.neighbors_of))
             .map_batches(neighbour_pairs, fn_kwargs={"scans_uri": workdir.indexed_uri(SCANS)},
                          batch_format="pyarrow"))
 

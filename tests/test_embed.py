@@ -80,7 +80,6 @@ def test_view_averaged_embeddings_are_keyed_by_views_and_reproducible(scans_work
     serving path does) gives the same vectors; the key names the views and the input size."""
     from fusc_lib.models.encoder import model_encoder, parse_embedding_key
     from fusc_lib.preprocess import decode_png
-    from schemas.tables import SCANS
 
     store, _ = scans_workdir
     summary = run_embed(store, EmbedConfig(model=MODEL, input_size=48, views=3))
@@ -89,7 +88,7 @@ def test_view_averaged_embeddings_are_keyed_by_views_and_reproducible(scans_work
     encoder = model_encoder(store, model)
     assert (encoder.input_size, views) == (48, 3)
     ids, vectors = _vectors(store, summary.model_run)
-    scans = store.table(SCANS).to_lance().to_table(columns=["image_id", "image"])
+    scans = store.scans(["image_id", "image"])
     image = dict(zip(scans.column("image_id").to_pylist(), scans.column("image").to_pylist()))
     again = encoder.embed([decode_png(image[i]) for i in ids[:4]], ids[:4], views)
     assert np.allclose(again, vectors[:4], atol=1e-5)

@@ -85,7 +85,7 @@ def test_run_assigns_every_scan_once_and_exports_them(finished):
 def test_sites_are_inferred_from_style_when_none_is_given(finished):
     store, *_ = finished
     sites = store.table(SITES).to_arrow()
-    scans = store.table(SCANS).to_lance().to_table(columns=["image_id", "source_uri"])
+    scans = store.scans(["image_id", "source_uri"])
     dataset = {i: Path(u).name.split("__")[0] for i, u in
                zip(scans.column("image_id").to_pylist(), scans.column("source_uri").to_pylist())}
     assert all(sites.column("inferred").to_pylist())
@@ -202,7 +202,7 @@ def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
     model = ClusterModel.load(store)
     assert model.version == summary.version and model.embedding == f"{run}~views2"
     assert sum(summary.sizes) == store.table(SCANS).count_rows()
-    neighbors = store.table(NEIGHBORS).to_lance().to_table(filter=f"model_run = '{run}~views2'")
+    neighbors = store.neighbors(f"{run}~views2")
     assert neighbors.num_rows == store.table(SCANS).count_rows()
     store.write_json({"version": before}, "models", "cluster", "current.json")
 

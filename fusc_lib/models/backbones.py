@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from fusc_lib.artifacts import load_torch
+
 RANDOM = "random"
 IMAGENET = "imagenet"
 # Next to a state-dict file, the normalisation its weights expect (written by `fusc train-ssl`).
@@ -103,7 +105,7 @@ def create_backbone(name: str, init: str = IMAGENET, image_size: int | None = No
         if weights is None:
             raise ValueError(f"no local ImageNet weights for {name!r}; backbones that have them: "
                              f"{', '.join(sorted(IMAGENET_WEIGHTS))} (or use init 'random')")
-        load_by_order(net, torch.load(weights.path(), map_location="cpu"), weights.drop_prefix)
+        load_by_order(net, load_torch(str(weights.path())), weights.drop_prefix)
         return Backbone(name, net, weights.mean, weights.std)
     return _from_file(name, net, Path(init))
 
@@ -122,7 +124,7 @@ def _from_file(name: str, net: nn.Module, path: Path) -> Backbone:
     if not path.is_file():
         raise ValueError(f"init must be 'random', 'imagenet' or a state-dict file; {path} is not "
                          "a file")
-    net.load_state_dict(torch.load(path, map_location="cpu"))
+    net.load_state_dict(load_torch(str(path)))
     info_path = path.parent / ENCODER_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else net.pretrained_cfg
     return Backbone(name, net, tuple(info["mean"]), tuple(info["std"]))

@@ -9,7 +9,6 @@ EvalTransform, so an image served online meets the network exactly as offline.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.models.backbones import ENCODER_INFO, IMAGENET, RANDOM, Backbone, create_backbone
 from fusc_lib.store import Workdir
@@ -84,9 +83,7 @@ class Encoder(nn.Module):
 
 def save_encoder(backbone: Backbone, input_size: int, run_dir: str) -> None:
     """Write backbone.pt (a plain state dict of the timm model) and encoder.json to `run_dir`."""
-    buffer = io.BytesIO()
-    torch.save(backbone.net.state_dict(), buffer)
-    write_bytes(f"{run_dir}/{WEIGHTS}", buffer.getvalue())
+    save_torch(f"{run_dir}/{WEIGHTS}", backbone.net.state_dict())
     info = {"backbone": backbone.name, "input_size": input_size,
             "mean": list(backbone.mean), "std": list(backbone.std)}
     write_bytes(f"{run_dir}/{ENCODER_INFO}", json.dumps(info, indent=2).encode())
@@ -101,8 +98,7 @@ def load_encoder(run_dir: str, device: str = "cpu") -> Encoder:
     """The encoder a `fusc train-ssl` run produced (local folder or URI), in eval mode."""
     info = json.loads(read_bytes(f"{run_dir}/{ENCODER_INFO}"))
     backbone = create_backbone(info["backbone"], RANDOM, info["input_size"])
-    state = torch.load(io.BytesIO(read_bytes(f"{run_dir}/{WEIGHTS}")), map_location="cpu")
-    backbone.net.load_state_dict(state)
+    backbone.net.load_state_dict(load_torch(f"{run_dir}/{WEIGHTS}"))
     trained = Backbone(info["backbone"], backbone.net, tuple(info["mean"]), tuple(info["std"]))
     return Encoder(trained, info["input_size"]).to(device)
 

@@ -12,14 +12,12 @@ backbone and `head.pt`.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusc_lib.artifacts import read_bytes, write_bytes
+from fusc_lib.artifacts import load_torch, save_torch
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.losses import confidence_ce_loss
 from fusc_lib.models.backbones import Backbone
@@ -40,14 +38,12 @@ def write_start(path: str, weight: torch.Tensor, bias: torch.Tensor,
     sorted by name; the last row, the overall mean, serves sites it has not seen)."""
     sites = sorted(str(site) for site in centering.means)  # plain str: torch.load is safe
     means = np.stack([centering.means[site] for site in sites] + [centering.overall])
-    buffer = io.BytesIO()
-    torch.save({"weight": weight, "bias": bias, "sites": sites,
-                "site_means": torch.as_tensor(means, dtype=torch.float32)}, buffer)
-    write_bytes(path, buffer.getvalue())
+    save_torch(path, {"weight": weight, "bias": bias, "sites": sites,
+                      "site_means": torch.as_tensor(means, dtype=torch.float32)})
 
 
 def read_start(path: str) -> dict:
-    return torch.load(io.BytesIO(read_bytes(path)), map_location="cpu")
+    return load_torch(path)
 
 
 def site_indices(sites: list[str], known: list[str]) -> np.ndarray:
@@ -58,7 +54,7 @@ def site_indices(sites: list[str], known: list[str]) -> np.ndarray:
 
 def read_head(run_dir: str) -> dict[str, torch.Tensor]:
     """The trained head of a finished run: {"weight", "bias"}."""
-    return torch.load(io.BytesIO(read_bytes(f"{run_dir}/{HEAD_FILE}")), map_location="cpu")
+    return load_torch(f"{run_dir}/{HEAD_FILE}")
 
 
 class SelfLabelNetwork(SSLMethod):
@@ -96,10 +92,8 @@ class SelfLabelNetwork(SSLMethod):
 
     def export(self, folder: str, image_size: int) -> None:
         super().export(folder, image_size)
-        buffer = io.BytesIO()
-        torch.save({"weight": self.head.weight.detach().cpu(),
-                    "bias": self.head.bias.detach().cpu()}, buffer)
-        write_bytes(f"{folder}/{HEAD_FILE}", buffer.getvalue())
+        save_torch(f"{folder}/{HEAD_FILE}", {"weight": self.head.weight.detach().cpu(),
+                                             "bias": self.head.bias.detach().cpu()})
 
 
 class WeakStrongViews:
