@@ -7,7 +7,7 @@ the caller's, else the style group `fusc sites` would give, else unknown) -> the
 Each step is the code the offline stages call, so a file already in the archive gets the cluster
 `assignments` holds for it.
 
-No Ray and no HTTP here: `services/serve.py` wraps this class; the benchmark calls it directly.
+No Ray and no HTTP here: `services/deployment.py` wraps this class; the benchmark calls it directly.
 Nothing from the burnt-in text but the view name leaves this module (never the OCR text).
 """
 
@@ -244,5 +244,5 @@ class OnlineClusterer:
         if not ids or not self.workdir.has_table(table):
             return {}
         where = pc.field("image_id").isin(ids)
-        rows = self.workdir.read(table, columns, where & condition if condition else where)
+        rows = self.workdir.read(table, columns, where if condition is None else where & condition)
         return {row["image_id"]: row for row in rows.to_pylist()}
