@@ -21,14 +21,14 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
 import torch
 
 from bench.ingest import make_archive
+from fusc_lib.config import EmbedConfig, SSLConfig
 from fusc_lib.diagnostics import embed_images
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.models.encoder import PRETRAINED_PREFIX, pretrained_encoder
 from fusc_lib.preprocess import decode_png, workdir_preprocess
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs._ray import connect
-from jobs.embed import EmbedConfig, run_embed
+from jobs.embed import run_embed
 from jobs.ingest import run_ingest
 from jobs.train_ssl import run_train_ssl
 from schemas.tables import SCANS
@@ -64,7 +64,7 @@ def main() -> None:
               f"batch {args.batch_size}, {os.cpu_count()} CPUs")
         bare = bare_forward_rate(args.backbone, args.size, images, args.batch_size)
         print(f"bare batched forward      : {bare:7.1f} images/s")
-        config = EmbedConfig(model=PRETRAINED_PREFIX + args.backbone, input_size=args.size,
+        config = EmbedConfig(embedding=PRETRAINED_PREFIX + args.backbone, input_size=args.size,
                              batch_size=args.batch_size)
         summary = run_embed(store, config)
         overall = summary.embedded / summary.seconds

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from fusc_lib.cluster_model import ClusterModel
+from fusc_lib.config import RunConfig, SSLConfig
 from fusc_lib.diagnostics import assigned_clusters, clustering_scores, labels_of, read_labels
 from fusc_lib.metrics import kmeans_clusters
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs._vectors import clustering_space
-from jobs.run import RunConfig, run_all
+from jobs.run import run_all
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -38,9 +38,12 @@ def one_seed(dataset: Path, clusters: int, seed: int, profile: str,
     with tempfile.TemporaryDirectory(prefix="fusc-quality-") as root:
         store = Workdir(root)
         started = time.monotonic()
-        config = RunConfig(paths=[str(dataset / "images")], clusters=clusters, seed=seed,
-                           ssl=SSLConfig.from_profile(profile, seed=seed),
-                           cluster_mode=cluster_mode)
+        ssl = SSLConfig.from_profile(profile, seed=seed)
+        network = {"mode": cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
+                   "seed": seed}  # as `fusc run --seed S --cluster-mode M` sets them
+        config = RunConfig(ingest={"paths": [str(dataset / "images")]}, ssl=ssl,
+                           sites={"seed": seed}, cluster={"clusters": clusters, **network},
+                           self_label=network)
         run_all(store, config)
         minutes = (time.monotonic() - started) / 60
         model = ClusterModel.load(store)

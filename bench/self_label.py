@@ -18,12 +18,13 @@ import time
 
 from bench.quality import summarise
 from fusc_lib.cluster_model import ClusterModel
+from fusc_lib.config import ClusterConfig, NeighborsConfig, SelfLabelConfig
 from fusc_lib.diagnostics import clustering_scores, labels_of, read_labels
 from fusc_lib.store import Workdir
 from jobs._vectors import clustering_space
-from jobs.cluster import ClusterConfig, run_cluster
+from jobs.cluster import run_cluster
 from jobs.neighbors import run_neighbors
-from jobs.self_label import SelfLabelConfig, run_self_label
+from jobs.self_label import run_self_label
 
 
 def scores(workdir: Workdir, version: str, labels: dict) -> dict[str, float]:
@@ -42,7 +43,7 @@ def one_seed(workdir: Workdir, embedding: str, labels: dict, clusters: int, seed
     results = {"FUSC heads (input)": scores(workdir, start, labels)}
     for mode in ("frozen", "network"):
         started = time.monotonic()
-        outcome = run_self_label(workdir, SelfLabelConfig(model=start, mode=mode, seed=seed,
+        outcome = run_self_label(workdir, SelfLabelConfig(cluster_model=start, mode=mode, seed=seed,
                                                           network_epochs=network_epochs))
         results[f"+ self-label, {mode}"] = {**scores(workdir, outcome.written, labels),
                                             "minutes": (time.monotonic() - started) / 60,
@@ -62,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     workdir, labels = Workdir(args.workdir), read_labels([args.labels])
     embedding = args.embedding or ClusterModel.load(workdir).embedding
-    run_neighbors(workdir, embedding)  # mined again: the stored ones may be of older vectors
+    # mined again: the stored ones may be of older vectors
+    run_neighbors(workdir, NeighborsConfig(embedding=embedding))
     runs = [one_seed(workdir, embedding, labels, args.clusters, seed, args.network_epochs)
             for seed in args.seeds]
     print(f"\n{args.workdir}, {args.clusters} clusters, seeds {args.seeds} "

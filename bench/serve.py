@@ -30,11 +30,12 @@ import psutil
 import torch
 import yaml
 
+from fusc_lib.config import RunConfig, default_of
 from fusc_lib.online import OnlineClusterer, ScanRequest
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs._ray import connect
-from jobs.run import RunConfig, run_all
+from jobs.run import run_all
 from services.serve import DEFAULT_CONFIG, start, stop
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -54,8 +55,9 @@ def build_workdir(root: Path, images: int, views: int) -> Workdir:
             shutil.copy(path, archive / f"{name}__{path.name}")
     store = Workdir(str(root / "w"))
     workdir_preprocess(store, {"ocr_engine": "none"})
-    run_all(store, RunConfig(paths=[str(archive)], clusters=5, model="pretrained:efficientnet_lite0",
-                             views=views, k=5, heads=3, cluster_epochs=20))
+    run_all(store, RunConfig(ingest={"paths": [str(archive)]}, neighbors={"k": 5},
+                             embed={"embedding": "pretrained:efficientnet_lite0", "views": views},
+                             cluster={"clusters": 5, "heads": 3, "epochs": 20}))
     return store
 
 
@@ -188,7 +190,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="A finished workdir [default: built from the shared "
                                           "images by `fusc run`].")
     parser.add_argument("--images", type=int, default=48, help="Scans in the built workdir.")
-    parser.add_argument("--views", type=int, default=RunConfig.model_fields["views"].default,
+    parser.add_argument("--views", type=int, default=default_of(RunConfig, "embed").views,
                         help="Views averaged per scan [default: fusc run's].")
     parser.add_argument("--seconds", type=float, default=20, help="Per client count.")
     parser.add_argument("--soak-minutes", type=float, default=10)

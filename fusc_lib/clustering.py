@@ -16,14 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fusc_lib.config import ClusterConfig, SelfLabelConfig, default_of
 from fusc_lib.losses import class_balance_weights, confident_targets, entropy, fusc_loss
 from fusc_lib.models.cluster_head import MultiHead, best_head
 
-# A linear head on frozen features tolerates a far larger step than SCAN's 1e-4 for a whole
-# network: on 300–20,000 vectors lr 1e-2 reaches its final loss within ~50 epochs (seconds on
-# 300 vectors), where 1e-4 is still far from it after 200.
-DEFAULT_LR = 1e-2
-DEFAULT_EPOCHS = 100
 EVAL_CHUNK = 4096
 
 
@@ -90,9 +86,11 @@ def head_probabilities(vectors: np.ndarray | torch.Tensor, weight: torch.Tensor,
 # ---------------------------------------------------------------- stage 2: clustering heads
 
 def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clusters: int, *,
-                        n_heads: int = 10, entropy_weight: float = 5.0,
-                        epochs: int = DEFAULT_EPOCHS, batch_size: int = 128,
-                        lr: float = DEFAULT_LR, weight_decay: float = 1e-4,
+                        n_heads: int = default_of(ClusterConfig, "heads"),
+                        entropy_weight: float = default_of(ClusterConfig, "entropy_weight"),
+                        epochs: int = default_of(ClusterConfig, "epochs"),
+                        batch_size: int = default_of(ClusterConfig, "batch_size"),
+                        lr: float = default_of(ClusterConfig, "lr"), weight_decay: float = 1e-4,
                         seed: int = 0) -> ClusterResult:
     """Train `n_heads` linear heads with Adam on the FUSC loss and keep the lowest-loss one.
 
@@ -186,10 +184,12 @@ class SelfLabelOutcome:
 
 
 def self_label(vectors: np.ndarray, start: ClusterResult, neighbor_indices: np.ndarray, *,
-               threshold: float = 0.99, epochs: int = 50, batch_size: int = 256,
-               lr: float = 1e-3, weight_decay: float = 1e-4, noise: float = 0.3,
-               dropout: float = 0.1, min_per_cluster: int = 5, loss_tolerance: float = 0.05,
-               min_stability: float = 0.9, seed: int = 0) -> SelfLabelOutcome:
+               threshold: float = default_of(SelfLabelConfig, "threshold"),
+               epochs: int = default_of(SelfLabelConfig, "epochs"),
+               batch_size: int = default_of(SelfLabelConfig, "batch_size"),
+               lr: float = default_of(SelfLabelConfig, "lr"), weight_decay: float = 1e-4,
+               noise: float = 0.3, dropout: float = 0.1, min_per_cluster: int = 5,
+               loss_tolerance: float = 0.05, min_stability: float = 0.9, seed: int = 0) -> SelfLabelOutcome:
     """Fine-tune the kept head with cross-entropy towards its own confident predictions.
 
     The confident set is recomputed every epoch, so it grows as the head sharpens. A cluster
@@ -238,7 +238,8 @@ def judge_self_label(start: ClusterResult, weight: torch.Tensor, bias: torch.Ten
     get worse; else the outcome holds `start` and the reasons. Shared by the frozen and the
     network self-labeling, so both are judged alike."""
     neighbors = torch.as_tensor(neighbor_indices, dtype=torch.long)
-    entropy_weight = start.config.get("entropy_weight", 5.0)
+    entropy_weight = start.config.get("entropy_weight",
+                                      default_of(ClusterConfig, "entropy_weight"))
     result = ClusterResult(weight=weight, bias=bias, probabilities=probabilities,
                            head_index=start.head_index,
                            head_losses=[head_loss(probabilities, neighbors, entropy_weight)],

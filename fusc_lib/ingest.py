@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field
 
 from fusc_lib.artifacts import read_bytes
+from fusc_lib.config import IngestConfig, default_of
 from fusc_lib.io import BadInput, DecodedScan, content_id, decode, frame_id
 from fusc_lib.preprocess import (
     PREPROCESS_VERSION,
@@ -32,7 +32,7 @@ from schemas.tables import QUARANTINE_SCHEMA, SCANS_SCHEMA
 
 OCR_BATCH_FRAMES = 16  # frames prepared together: one OCR batch, bounded memory for cine loops
 
-DEFAULT_FRAMES = 16  # frames kept per multi-frame file: see IngestConfig.frames
+DEFAULT_FRAMES = default_of(IngestConfig, "frames")  # frames kept per multi-frame file
 
 # One schema for both kinds of row, so a Ray Data batch can carry both; the job splits them.
 KIND = pa.field("kind", pa.string(), nullable=False)  # "scan" | "quarantine"
@@ -183,19 +183,3 @@ def split_output(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     quarantine = table.filter(pc.equal(kind, "quarantine"))
     return (scans.select(SCANS_SCHEMA.names).cast(SCANS_SCHEMA),
             quarantine.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA))
-
-
-class IngestConfig(BaseModel):
-    """Every option of `fusc ingest`; written to the workdir with each run."""
-
-    paths: list[str] = Field(default_factory=list, description="Folders, globs, files or URIs.")
-    manifest: str | None = Field(None, description="CSV/Parquet with path[,site,patient,study].")
-    keep_ocr_text: bool = Field(False, description="Store raw OCR text (may hold patient names).")
-    batch_size: int = Field(8, ge=1, description="Files per worker call (one OCR batch).")
-    concurrency: int | None = Field(None, ge=1, description="Ingest workers; None: one per CPU.")
-    commit_rows: int = Field(256, ge=1, description="Rows per LanceDB commit (work lost on a kill).")
-    retry_quarantined: bool = Field(False, description="Try quarantined files of the input again.")
-    frames: int | None = Field(
-        DEFAULT_FRAMES, ge=1,
-        description="Frames kept per multi-frame file, evenly spaced; None: all (see "
-                    "`fusc ingest --help` for why 16).")

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-DEFAULT_MAX_MEGAPIXELS = 100.0
+from fusc_lib.config import PreprocessConfig, default_of
+
+DEFAULT_MAX_MEGAPIXELS = default_of(PreprocessConfig, "max_megapixels")
 MIN_SCAN_SIDE = 32  # pixels; smaller files are icons, thumbnails or blank placeholders
 Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, with a clearer reason
 

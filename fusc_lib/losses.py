@@ -18,7 +18,7 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 def fusc_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor,
-              entropy_weight: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              entropy_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, consistency, entropy) with total = consistency − λ·entropy, SCAN's convention.
 
     consistency = −mean log ⟨softmax(anchor), softmax(neighbor)⟩ pulls an image and its mined
@@ -60,7 +60,7 @@ def confident_targets(probabilities: torch.Tensor, threshold: float, min_per_clu
 
 
 def confidence_ce_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
-                       threshold: float = 0.99, balance: bool = True,
+                       threshold: float, balance: bool = True,
                        min_per_cluster: int = 0) -> torch.Tensor:
     """Self-labeling loss: the clusters the weak view predicts with probability ≥ `threshold`
     (and the lent members of unsure clusters, see `confident_targets`) become targets for the

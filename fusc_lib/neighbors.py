@@ -22,6 +22,7 @@ EXACT_MAX_CPU = 40_000
 EXACT_MAX_GPU = 2_000_000
 TARGET_RECALL = 0.95
 CALIBRATION_QUERIES = 500
+CALIBRATION_K = 20  # the recall is measured at this k (recall@20), whatever k is mined
 TRAIN_PER_LIST = 40  # faiss asks for ≥ 39 training points per list
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def choose_index(n: int, *, exact_max: int | None = None, use_gpu: bool | None =
     return IndexChoice("ivf", n, gpu, nlist=nlist, train_size=min(n, TRAIN_PER_LIST * nlist))
 
 
-def mine_neighbors(vectors: np.ndarray, k: int = 20, *, exact_max: int | None = None,
+def mine_neighbors(vectors: np.ndarray, k: int, *, exact_max: int | None = None,
                    use_gpu: bool | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices (N, k) int64 and cosine similarities (N, k) float32 of each vector's neighbours,
     best first, the vector itself left out.
@@ -122,7 +123,7 @@ def _train_ivf(x: np.ndarray, choice: IndexChoice, seed: int) -> faiss.Index:
 
 
 def _calibrate_nprobe(index: faiss.Index, x: np.ndarray, choice: IndexChoice, seed: int,
-                      k: int = 20) -> int:
+                      k: int = CALIBRATION_K) -> int:
     """The smallest nprobe on a 1.5× ladder whose recall@k on sampled queries reaches the target.
 
     Exact search for a few hundred queries costs about as much as one IVF search of N/100.

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, Field
 
+from fusc_lib.config import PreprocessConfig
 from fusc_lib.inpaint import inpaint_text
-from fusc_lib.io import DEFAULT_MAX_MEGAPIXELS
 from fusc_lib.ocr import TextLine, make_engine
 from fusc_lib.ultrasound import crop_box, fan_mask
 from fusc_lib.views import load_vocabulary
@@ -26,20 +25,6 @@ if TYPE_CHECKING:
 
 # Bump when the pixels produced for the same input change: rows record it, so stale rows show.
 PREPROCESS_VERSION = "1"
-
-OcrEngineName = Literal["easyocr", "tesseract", "none"]
-
-
-class PreprocessConfig(BaseModel):
-    """How frames become model-ready images; fixed per workdir once the first ingest wrote it."""
-
-    image_size: int = Field(256, ge=32, le=1024, description="Side of the stored square image.")
-    ocr_engine: OcrEngineName = Field("easyocr", description="Engine reading burnt-in text.")
-    vocabulary: str | None = Field(None, description="View vocabulary YAML; None: the built-in.")
-    max_megapixels: float = Field(DEFAULT_MAX_MEGAPIXELS, gt=0,
-                                  description="Larger images are refused (decompression bombs).")
-    ocr_threads: int = Field(1, ge=1, description="Torch/OpenCV threads per OCR engine.")
-
 
 @dataclass(frozen=True)
 class PreparedFrame:

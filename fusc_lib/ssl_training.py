@@ -19,9 +19,9 @@ import torch.distributed as dist
 from lightly.utils.scheduler import cosine_warmup_schedule
 
 from fusc_lib.artifacts import load_torch, save_torch
+from fusc_lib.config import SSLConfig
 from fusc_lib.models import SSLMethod, ViewMaker
 from fusc_lib.preprocess import decode_png
-from fusc_lib.ssl_config import SSLConfig
 
 STATE_FILE = "state.pt"
 LOSS_COLUMNS = ("epoch", "loss", "images_per_s", "seconds")

@@ -1,15 +1,13 @@
 """What the stages that can also train the full network (`fusc cluster`, `fusc self-label`)
-share: their network-mode options, the backbone a network run continues from, and training
-then embedding with that run."""
+share beside their network-mode options (`fusc_lib.config.NetworkOptions`): the backbone a
+network run continues from, and training then embedding with that run."""
 
 from __future__ import annotations
 
 import json
-from typing import Literal
-
-from pydantic import BaseModel, Field
 
 from fusc_lib.artifacts import exists, read_bytes
+from fusc_lib.config import EmbedConfig, SSLConfig
 from fusc_lib.models.backbones import ENCODER_INFO
 from fusc_lib.models.encoder import (
     PRETRAINED_PREFIX,
@@ -18,21 +16,9 @@ from fusc_lib.models.encoder import (
     embedding_key,
     is_trained,
 )
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
-from jobs.embed import EmbedConfig, run_embed
+from jobs.embed import run_embed
 from jobs.train_ssl import CONFIG_FILE, run_train_ssl
-
-
-class NetworkOptions(BaseModel):
-    mode: Literal["frozen", "network"] = Field(
-        "frozen", description="frozen: on the stored embeddings (fast, CPU); network: the "
-                              "backbone trains too, on augmented images (Ray Train).")
-    network_epochs: int = Field(10, ge=1, description="network mode: epochs.")
-    network_lr: float = Field(1e-4, gt=0, description="network mode: AdamW step (SCAN's).")
-    network_batch_size: int = Field(64, ge=2, description="network mode: global batch.")
-    workers: int = Field(1, ge=1, description="network mode: Ray Train workers.")
-    use_gpu: bool = Field(False, description="network mode: one GPU per worker.")
 
 
 def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
@@ -52,5 +38,6 @@ def train_and_embed(workdir: Workdir, ssl: SSLConfig, views: int,
     if not is_trained(workdir, ssl.run):
         resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{CONFIG_FILE}")
         run_train_ssl(workdir, ssl, ray_address, resume=resume)
-    run_embed(workdir, EmbedConfig(model=ssl.run, views=views, use_gpu=ssl.use_gpu), ray_address)
+    run_embed(workdir, EmbedConfig(embedding=ssl.run, views=views, use_gpu=ssl.use_gpu),
+              ray_address)
     return embedding_key(ssl.run, views)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import ray
 
 from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.config import EmbedConfig
 from fusc_lib.models.encoder import parse_embedding_key
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
@@ -27,7 +28,7 @@ from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir, rows_by_id, utc_now
 from jobs._lance_sink import TableAppender
 from jobs._ray import cluster_cpus, connect
-from jobs.embed import EmbedConfig, run_embed
+from jobs.embed import run_embed
 from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS
 
 COMMIT_ROWS = 50_000
@@ -111,7 +112,7 @@ def run_assign(workdir: Workdir, version: str | None = None,
 def _embed_new_scans(workdir: Workdir, model: ClusterModel, ray_address: str | None) -> int:
     """Embed, with the model's encoder and views, the scans that have no such vector yet."""
     encoder, views = parse_embedding_key(model.embedding)
-    return run_embed(workdir, EmbedConfig(model=encoder, views=views), ray_address).embedded
+    return run_embed(workdir, EmbedConfig(embedding=encoder, views=views), ray_address).embedded
 
 
 def _stream_assignments(workdir: Workdir, model: ClusterModel, done: pa.Array,

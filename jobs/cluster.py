@@ -17,33 +17,17 @@ from dataclasses import dataclass
 from time import monotonic
 
 import numpy as np
-from pydantic import Field
 
 from fusc_lib.cluster_model import ClusterModel, new_version
-from fusc_lib.clustering import DEFAULT_EPOCHS, DEFAULT_LR, train_cluster_heads
+from fusc_lib.clustering import train_cluster_heads
+from fusc_lib.config import ClusterConfig, NeighborsConfig, SSLConfig
 from fusc_lib.models.encoder import parse_embedding_key
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
-from jobs._network import NetworkOptions, backbone_of, train_and_embed
-from jobs._vectors import clustering_space
-from jobs.neighbors import DEFAULT_K, load_neighbors, run_neighbors
+from jobs._network import backbone_of, train_and_embed
+from jobs._vectors import clustering_space, latest_embedding
+from jobs.neighbors import load_neighbors, run_neighbors
 from jobs.sites import load_site_model
 from schemas.tables import SCANS
-
-
-class ClusterConfig(NetworkOptions):
-    """Every option of `fusc cluster`."""
-
-    embedding: str = Field(description="embeddings.model_run to cluster (`fusc embed` prints it).")
-    clusters: int = Field(ge=2, description="Number of clusters C (over-clustering: C ≫ views).")
-    heads: int = Field(10, ge=1, description="Heads trained together; the lowest-loss is kept.")
-    entropy_weight: float = Field(5.0, ge=0, description="λ: weight of the entropy of the mean "
-                                                         "prediction (spreads the clusters).")
-    epochs: int = Field(DEFAULT_EPOCHS, ge=1)
-    lr: float = Field(DEFAULT_LR, gt=0)
-    batch_size: int = Field(128, ge=2)
-    seed: int = 0
-    k: int = Field(DEFAULT_K, ge=1, description="network mode: neighbours mined again.")
 
 
 @dataclass
@@ -59,6 +43,8 @@ class ClusterSummary:
 def run_cluster(workdir: Workdir, config: ClusterConfig,
                 ray_address: str | None = None) -> ClusterSummary:
     started = monotonic()
+    if not config.embedding:
+        config = config.model_copy(update={"embedding": latest_embedding(workdir)})
     if config.mode == "network":
         embedding = fine_tune_backbone(workdir, config, ray_address)
         config = config.model_copy(update={"embedding": embedding, "mode": "frozen"})
@@ -86,7 +72,7 @@ def fine_tune_backbone(workdir: Workdir, config: ClusterConfig, ray_address: str
     killed one resumed."""
     views = parse_embedding_key(config.embedding)[1]
     embedding = train_and_embed(workdir, network_config(workdir, config), views, ray_address)
-    run_neighbors(workdir, embedding, config.k)
+    run_neighbors(workdir, NeighborsConfig(embedding=embedding, k=config.k))
     return embedding
 
 

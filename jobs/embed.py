@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import torch
-from pydantic import BaseModel, Field
 
+from fusc_lib.config import EmbedConfig
 from fusc_lib.models.encoder import (
     PRETRAINED_PREFIX,
     embedding_key,
@@ -33,22 +33,6 @@ from jobs._ray import cluster_cpus, connect
 from schemas.tables import SCANS, embeddings_schema
 
 
-class EmbedConfig(BaseModel):
-    """Every option of `fusc embed`."""
-
-    model: str | None = Field(None, description="SSL run name, or pretrained:<backbone>; "
-                                                "None: the newest SSL run of the workdir.")
-    input_size: int = Field(128, ge=16, description="Input size for pretrained:<backbone> models.")
-    views: int = Field(1, ge=1, le=64, description="Views averaged per scan: 1 is the plain "
-                                                  "eval view; more add seeded augmented views.")
-    batch_size: int = Field(64, ge=1, description="Scans per forward pass.")
-    concurrency: int | None = Field(None, ge=1, description="Model replicas; None: one per CPU "
-                                                            "(or per GPU with use_gpu).")
-    use_gpu: bool = Field(False, description="One GPU per replica.")
-    commit_rows: int = Field(4096, ge=1, description="Vectors per LanceDB commit.")
-    index_min_rows: int = Field(100_000, ge=256, description="Build an ANN index from this size.")
-
-
 @dataclass
 class EmbedSummary:
     model_run: str  # the embedding key: model, with ~views<n> when averaged
@@ -59,7 +43,7 @@ class EmbedSummary:
     indexed: bool = False
 
 
-def resolve_model(workdir: Workdir, model: str | None, input_size: int = 128) -> str:
+def resolve_model(workdir: Workdir, model: str | None, input_size: int) -> str:
     """The model to embed with: as given (a pretrained one at `input_size`), or the newest SSL
     run in the workdir."""
     if model and model.startswith(PRETRAINED_PREFIX) and "@" not in model:
@@ -69,7 +53,8 @@ def resolve_model(workdir: Workdir, model: str | None, input_size: int = 128) ->
     runs = workdir.ssl_runs()
     if not runs:
         raise ValueError("no trained model in this workdir: run `fusc train-ssl` first, or pass "
-                         f"--model {PRETRAINED_PREFIX}efficientnet_lite0 for ImageNet features")
+                         f"--embedding {PRETRAINED_PREFIX}efficientnet_lite0 for ImageNet "
+                         "features")
     return runs[-1]
 
 
@@ -116,7 +101,7 @@ def embedded_ids(workdir: Workdir, key: str) -> set[str]:
 def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = None) -> EmbedSummary:
     """Embed every scan that has no vector for the model yet."""
     started = monotonic()
-    model = resolve_model(workdir, config.model, config.input_size)
+    model = resolve_model(workdir, config.embedding, config.input_size)
     summary = EmbedSummary(embedding_key(model, config.views))
     done = embedded_ids(workdir, summary.model_run)
     all_ids = workdir.column(SCANS, "image_id")

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from fusc_lib.ingest import IngestConfig, ScanIngestor, split_output
-from fusc_lib.preprocess import PreprocessConfig
+from fusc_lib.config import IngestConfig, PreprocessConfig
+from fusc_lib.ingest import ScanIngestor, split_output
 from fusc_lib.privacy import resolve_salt
 from fusc_lib.progress import progress_bar
 from fusc_lib.sources import Source, gather_sources

@@ -13,12 +13,11 @@ from time import monotonic
 import numpy as np
 import pyarrow as pa
 
+from fusc_lib.config import NeighborsConfig
 from fusc_lib.neighbors import choose_index, mine_neighbors
 from fusc_lib.store import Workdir
-from jobs._vectors import clustering_space
+from jobs._vectors import clustering_space, latest_embedding
 from schemas.tables import NEIGHBORS
-
-DEFAULT_K = 20
 
 
 @dataclass
@@ -31,11 +30,11 @@ class NeighborsSummary:
     seconds: float
 
 
-def run_neighbors(workdir: Workdir, embedding: str, k: int = DEFAULT_K,
-                  use_gpu: bool | None = None) -> NeighborsSummary:
+def run_neighbors(workdir: Workdir, config: NeighborsConfig) -> NeighborsSummary:
     started = monotonic()
+    embedding, use_gpu = config.embedding or latest_embedding(workdir), config.use_gpu
     space = clustering_space(workdir, embedding)
-    k = min(k, len(space.image_ids) - 1)
+    k = min(config.k, len(space.image_ids) - 1)
     indices, similarities = mine_neighbors(space.vectors, k, use_gpu=use_gpu)
     ids = np.asarray(space.image_ids, dtype=object)
     rows = pa.table({

@@ -14,54 +14,36 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Literal
 
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field
 
 from fusc_lib.artifacts import exists
+from fusc_lib.config import (
+    ClusterConfig,
+    NeighborsConfig,
+    RunConfig,
+    SelfLabelConfig,
+    SSLConfig,
+)
 from fusc_lib.diagnostics import site_nmi
-from fusc_lib.ingest import IngestConfig
 from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import embedding_key, is_trained
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.sources import gather_sources
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
-from jobs.cluster import ClusterConfig, run_cluster
-from jobs.embed import EmbedConfig, resolve_model, run_embed
+from jobs.cluster import run_cluster
+from jobs.embed import resolve_model, run_embed
 from jobs.export import export_table, write_export
 from jobs.ingest import run_ingest
-from jobs.neighbors import DEFAULT_K, run_neighbors
-from jobs.self_label import SelfLabelConfig, run_self_label
+from jobs.neighbors import run_neighbors
+from jobs.self_label import run_self_label
 from jobs.sites import run_sites
 from jobs.train_ssl import CONFIG_FILE, run_train_ssl
 from schemas.tables import SCANS, SITES
 
 EXPORT_FILE = "assignments.csv"
 CLUSTER_OUTPUT = "cluster-output"  # stamp naming the model `fusc cluster` made, for self-label
-
-
-class RunConfig(BaseModel):
-    """Every option of `fusc run`; the stages' own configs are made from it."""
-
-    paths: list[str] = Field(default_factory=list)
-    manifest: str | None = None
-    clusters: int = Field(ge=2)
-    ssl: SSLConfig = Field(default_factory=SSLConfig)
-    model: str | None = Field(None, description="Embed with this model instead of training "
-                                                "one (pretrained:<backbone> or an SSL run).")
-    views: int = Field(20, ge=1, description="Augmented views averaged per scan.")
-    k: int = Field(DEFAULT_K, ge=1)
-    heads: int = Field(10, ge=1)
-    cluster_epochs: int = Field(100, ge=1)
-    cluster_mode: Literal["frozen", "network"] = "frozen"
-    self_label: bool = True
-    self_label_mode: Literal["frozen", "network"] | None = Field(
-        None, description="None: as cluster_mode.")
-    threshold: float = Field(0.99, gt=0, le=1)
-    seed: int = 0
 
 
 @dataclass
@@ -101,34 +83,30 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
         summary.stages.append(report)
         echo(report)
 
-    if config.paths or config.manifest:
-        _check_clusters(config.clusters, _scans(workdir) + _most_new_scans(config), "can hold")
+    clusters, given_model = config.cluster.clusters, config.embed.embedding
+    if config.ingest.paths or config.ingest.manifest:
+        _check_clusters(clusters, _scans(workdir) + _most_new_scans(config), "can hold")
         stage("ingest", lambda: _ingest(workdir, config, ray_address))
-    _check_clusters(config.clusters, _scans(workdir), "holds")
-    model = resolve_model(workdir, config.model) if config.model else config.ssl.run
-    if not config.model:
+    _check_clusters(clusters, _scans(workdir), "holds")
+    model = resolve_model(workdir, given_model, config.embed.input_size) if given_model \
+        else config.ssl.run
+    if not given_model:
         stage("train-ssl", lambda: _train_ssl(workdir, config.ssl, ray_address),
               done=f"model {config.ssl.run} trained" if is_trained(workdir, config.ssl.run) else "")
-    embedding = embedding_key(model, config.views)
+    embedding = embedding_key(model, config.embed.views)
     stage("embed", lambda: _embed(workdir, model, config, ray_address))
     stage("sites", lambda: _sites(workdir, config, ray_address),
-          {"scans": _version(workdir, SCANS), "seed": config.seed})
-    stage("neighbors", lambda: _neighbors(workdir, embedding, config.k),
+          {"scans": _version(workdir, SCANS), "seed": config.sites.seed})
+    neighbors = config.neighbors.model_copy(update={"embedding": embedding})
+    stage("neighbors", lambda: _neighbors(workdir, neighbors),
           {"embeddings": _embedding_rows(workdir, embedding), "sites": _version(workdir, SITES),
-           "embedding": embedding, "k": config.k})
-    cluster = ClusterConfig(embedding=embedding, clusters=config.clusters, heads=config.heads,
-                            epochs=config.cluster_epochs, seed=config.seed, k=config.k,
-                            mode=config.cluster_mode, workers=config.ssl.workers,
-                            use_gpu=config.ssl.use_gpu)
+           "embedding": embedding, "k": neighbors.k})
+    cluster = config.cluster.model_copy(update={"embedding": embedding})
     stage("cluster", lambda: _cluster(workdir, cluster, ray_address),
           {"neighbors": _stamp(workdir, "neighbors"), **cluster.model_dump()})
-    if config.self_label:
-        self_label = SelfLabelConfig(threshold=config.threshold, seed=config.seed,
-                                     mode=config.self_label_mode or config.cluster_mode,
-                                     workers=config.ssl.workers,
-                                     use_gpu=config.ssl.use_gpu)
-        stage("self-label", lambda: _self_label(workdir, self_label, ray_address),
-              {"input": _stamp(workdir, CLUSTER_OUTPUT), **self_label.model_dump()})
+    if config.self_label:  # None skips the stage
+        stage("self-label", lambda: _self_label(workdir, config.self_label, ray_address),
+              {"input": _stamp(workdir, CLUSTER_OUTPUT), **config.self_label.model_dump()})
     stage("assign", lambda: _assign(workdir, summary, ray_address))
     summary.export = workdir.path("exports", EXPORT_FILE)
     stage("export", lambda: write_export(export_table(workdir), summary.export))
@@ -149,8 +127,8 @@ def _scans(workdir: Workdir) -> int:
 
 def _most_new_scans(config: RunConfig) -> int:
     """The most scans the inputs can add: every file named, each with its frame limit."""
-    files = len(gather_sources(config.paths, config.manifest))
-    frames = IngestConfig().frames  # what `_ingest` uses
+    files = len(gather_sources(config.ingest.paths, config.ingest.manifest))
+    frames = config.ingest.frames
     return files * frames if frames else sys.maxsize
 
 
@@ -175,8 +153,7 @@ def _embedding_rows(workdir: Workdir, embedding: str) -> dict:
 
 
 def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:
-    ingest = IngestConfig(paths=config.paths, manifest=config.manifest)
-    result = run_ingest(workdir, ingest, workdir_preprocess(workdir), ray_address)
+    result = run_ingest(workdir, config.ingest, workdir_preprocess(workdir), ray_address)
     return (f"{result.rows_ingested} new scans, {result.files_already_done} files already in, "
             f"{result.duplicates} copies of a scan, {result.quarantined} quarantined")
 
@@ -190,19 +167,20 @@ def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str
 
 
 def _embed(workdir: Workdir, model: str, config: RunConfig, ray_address: str | None) -> str:
-    result = run_embed(workdir, EmbedConfig(model=model, views=config.views), ray_address)
+    embed = config.embed.model_copy(update={"embedding": model})
+    result = run_embed(workdir, embed, ray_address)
     return f"{result.embedded} embedded, {result.already_done} already done"
 
 
 def _sites(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:
-    result = run_sites(workdir, ray_address, seed=config.seed)
+    result = run_sites(workdir, ray_address, seed=config.sites.seed)
     inferred = f"{result.inferred_groups} style groups inferred" if result.inferred_groups \
         else "all sites given"
     return f"{inferred}; {result.given} scans with a named site"
 
 
-def _neighbors(workdir: Workdir, embedding: str, k: int) -> str:
-    result = run_neighbors(workdir, embedding, k)
+def _neighbors(workdir: Workdir, config: NeighborsConfig) -> str:
+    result = run_neighbors(workdir, config)
     return f"k = {result.k}, {result.index}"
 
 

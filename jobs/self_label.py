@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from time import monotonic
 
 import numpy as np
-from pydantic import Field
 
 from fusc_lib.artifacts import exists
 from fusc_lib.cluster_model import ClusterModel, new_version
@@ -31,25 +30,15 @@ from fusc_lib.clustering import (
     judge_self_label,
     self_label,
 )
+from fusc_lib.config import SelfLabelConfig, SSLConfig
 from fusc_lib.models.encoder import parse_embedding_key
 from fusc_lib.models.self_label_network import START_FILE, read_head, write_start
 from fusc_lib.sites import SiteCentering
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
-from jobs._network import NetworkOptions, backbone_of, train_and_embed
+from jobs._network import backbone_of, train_and_embed
 from jobs._vectors import ClusteringSpace, clustering_space
 from jobs.neighbors import load_neighbors
 from schemas.tables import SCANS
-
-
-class SelfLabelConfig(NetworkOptions):
-    """Every option of `fusc self-label`."""
-
-    model: str | None = Field(None, description="Cluster model version; None: the current one.")
-    threshold: float = Field(0.99, gt=0, le=1, description="Confidence that makes a target.")
-    epochs: int = Field(50, ge=1, description="frozen mode: epochs of the head.")
-    lr: float = Field(1e-3, gt=0, description="frozen mode: Adam step of the head.")
-    seed: int = 0
 
 
 @dataclass
@@ -67,7 +56,7 @@ class SelfLabelSummary:
 def run_self_label(workdir: Workdir, config: SelfLabelConfig,
                    ray_address: str | None = None) -> SelfLabelSummary:
     started = monotonic()
-    start = ClusterModel.load(workdir, config.model)
+    start = ClusterModel.load(workdir, config.cluster_model)
     space = clustering_space(workdir, start.embedding)
     neighbors = load_neighbors(workdir, start.embedding, space.image_ids)
     start.head.probabilities = start.head.predict(space.vectors)
@@ -77,7 +66,8 @@ def run_self_label(workdir: Workdir, config: SelfLabelConfig,
     else:
         embedding, centering = start.embedding, space.centering
         outcome = self_label(space.vectors, start.head, neighbors, threshold=config.threshold,
-                             epochs=config.epochs, lr=config.lr, seed=config.seed)
+                             epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                             seed=config.seed)
     if not outcome.accepted:  # the record of a rejected try is the input model, unchanged
         embedding, centering = start.embedding, space.centering
     sizes = np.bincount(outcome.result.assignments, minlength=start.n_clusters).tolist()

@@ -26,10 +26,10 @@ import ray.train
 import ray.train.torch
 
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.config import SSLConfig
 from fusc_lib.models import create_backbone, create_method, create_views
 from fusc_lib.models.backbones import ENCODER_INFO
 from fusc_lib.models.self_label_network import read_start, site_indices
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.ssl_training import (
     STATE_FILE,
     Schedule,

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from typer.testing import CliRunner
 
 from fusc_lib.cli import app
+from fusc_lib.config import (
+    ClusterConfig,
+    IngestConfig,
+    RunConfig,
+    SelfLabelConfig,
+    SSLConfig,
+    default_of,
+)
 
 runner = CliRunner()
 
@@ -57,3 +67,64 @@ def test_workdir_comes_from_the_environment(ray_session, data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "ingested (rows in scans)" in result.output
     assert (workdir / "lancedb" / "scans.lance").is_dir()
+
+
+def _commands():
+    import typer
+
+    group = typer.main.get_command(app)
+    return {name: group.get_command(None, name) for name in group.list_commands(None)}
+
+
+def _shown_defaults(command: str) -> dict[str, str]:
+    """{--flag: the default `fusc COMMAND --help` prints for it}."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "500"})
+    assert result.exit_code == 0, result.output
+    found = (re.search(r"(--[\w-]+).*\[default: (.*?)\]", line)
+             for line in result.output.splitlines())
+    return {match[1]: match[2] for match in found if match}
+
+
+def test_every_option_of_every_command_has_help():
+    commands = _commands()
+    assert {"ingest", "train-ssl", "embed", "sites", "neighbors", "cluster", "self-label",
+            "assign", "export", "run", "serve"} <= set(commands)
+    for name, command in commands.items():
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"fusc {name} {param.opts}: no help"
+
+
+def test_help_shows_the_config_defaults():
+    cluster = _shown_defaults("cluster")
+    for field in ("heads", "entropy_weight", "epochs", "mode", "network_epochs", "workers",
+                  "seed"):
+        assert cluster["--" + field.replace("_", "-")] == str(default_of(ClusterConfig, field))
+    assert cluster["--use-gpu"] == "no-use-gpu"
+    assert cluster["--entropy-weight"] == "5.0"  # λ of METHOD.md
+    assert _shown_defaults("self-label")["--threshold"] == str(
+        default_of(SelfLabelConfig, "threshold"))
+    run = _shown_defaults("run")
+    for flag, field in {"--clusters": "cluster.clusters", "--views": "embed.views",
+                        "--k": "neighbors.k", "--cluster-epochs": "cluster.epochs",
+                        "--cluster-mode": "cluster.mode", "--profile": "ssl.profile",
+                        "--seed": "cluster.seed"}.items():
+        stage, name = field.split(".")
+        assert run[flag] == str(getattr(default_of(RunConfig, stage), name)), flag
+    assert run["--ssl-epochs"] == f"({default_of(SSLConfig, 'epochs')})"  # the profile's
+    assert run["--views"] == "20" and run["--k"] == "20"
+
+
+def test_model_is_a_hidden_deprecated_alias(tmp_path):
+    for command in ("embed", "run", "self-label", "assign", "export", "serve"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert "--model" not in result.output, command
+    workdir = str(tmp_path / "empty")
+    result = runner.invoke(app, ["assign", "--model", "nope", "--workdir", workdir])
+    assert result.exit_code == 2 and "--model is deprecated: use --cluster-model" in result.output
+    assert "nope" in result.output  # the version went where --cluster-model's would
+
+
+def test_frames_all_keeps_every_frame():
+    assert IngestConfig(frames="all").frames is None
+    assert IngestConfig(frames="16").frames == 16

@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from fusc_lib.config import EmbedConfig
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs._vectors import clustering_space, latest_embedding, load_embeddings
-from jobs.embed import EmbedConfig, embedding_rows, ensure_vector_index, run_embed
+from jobs.embed import embedding_rows, ensure_vector_index, run_embed
 from jobs.ingest import run_ingest
 from schemas.tables import LEGACY_EMBEDDINGS, embeddings_table_name
 
@@ -39,7 +40,7 @@ def _vectors(store: Workdir, key: str) -> tuple[list[str], np.ndarray]:
 
 def test_one_unit_vector_per_scan_and_rerun_adds_nothing(scans_workdir, data_dir):
     store, folder = scans_workdir
-    config = EmbedConfig(model=MODEL, input_size=64, batch_size=5, commit_rows=4)
+    config = EmbedConfig(embedding=MODEL, input_size=64, batch_size=5, commit_rows=4)
     summary = run_embed(store, config)
     ids, vectors = _vectors(store, summary.model_run)
     assert summary.embedded == len(ids) == len(set(ids)) == 12
@@ -58,7 +59,7 @@ def test_one_unit_vector_per_scan_and_rerun_adds_nothing(scans_workdir, data_dir
 
 def test_vector_index_is_built_only_when_the_table_is_large(scans_workdir):
     store, _ = scans_workdir
-    key = run_embed(store, EmbedConfig(model=MODEL, input_size=64)).model_run
+    key = run_embed(store, EmbedConfig(embedding=MODEL, input_size=64)).model_run
     assert not ensure_vector_index(store, key, min_rows=100_000)
     # Over the threshold the IVF-PQ index is built (tiny sizes: one partition).
     table = store.embeddings_table(key)
@@ -82,7 +83,7 @@ def test_view_averaged_embeddings_are_keyed_by_views_and_reproducible(scans_work
     from fusc_lib.preprocess import decode_png
 
     store, _ = scans_workdir
-    summary = run_embed(store, EmbedConfig(model=MODEL, input_size=48, views=3))
+    summary = run_embed(store, EmbedConfig(embedding=MODEL, input_size=48, views=3))
     assert summary.model_run == f"{MODEL}@48~views3" and summary.embedded == 12
     model, views = parse_embedding_key(summary.model_run)
     encoder = model_encoder(store, model)
@@ -106,7 +107,7 @@ def test_models_of_different_widths_share_one_workdir(scans_workdir):
 
     store, _ = scans_workdir
     save_encoder(create_backbone("resnet18", RANDOM), 64, store.ssl_run_dir("resnet18-random"))
-    keys = [run_embed(store, EmbedConfig(model=model, input_size=64)).model_run
+    keys = [run_embed(store, EmbedConfig(embedding=model, input_size=64)).model_run
             for model in (MODEL, "resnet18-random")]
     assert store.embedding_keys() == sorted(keys) and latest_embedding(store) == keys[-1]
     run_sites(store)

@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.config import ClusterConfig, RunConfig, SelfLabelConfig, SSLConfig
 from fusc_lib.preprocess import workdir_preprocess
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
 from jobs.export import COLUMNS, export_table, write_export
-from jobs.run import RunConfig, run_all
+from jobs.run import run_all
 from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
 
 PRETRAINED = "pretrained:efficientnet_lite0"
@@ -49,11 +49,13 @@ def _tiny_workdir(root: Path) -> Workdir:
 def finished(tmp_path_factory, data_dir, ray_session):
     root = tmp_path_factory.mktemp("run")
     store = _tiny_workdir(root / "w")
-    config = RunConfig(paths=[str(_archive(data_dir, root / "in"))], clusters=3,
-                       model=PRETRAINED, views=2, k=5, heads=3, cluster_epochs=20)
-    first = sorted(Path(config.paths[0]).iterdir())[0]
-    (Path(config.paths[0]) / "re-export").mkdir()
-    shutil.copy(first, Path(config.paths[0]) / "re-export" / "copy.png")  # same bytes
+    config = RunConfig(ingest={"paths": [str(_archive(data_dir, root / "in"))]},
+                       embed={"embedding": PRETRAINED, "views": 2}, neighbors={"k": 5},
+                       cluster={"clusters": 3, "heads": 3, "epochs": 20, "k": 5})
+    folder = Path(config.ingest.paths[0])
+    first = sorted(folder.iterdir())[0]
+    (folder / "re-export").mkdir()
+    shutil.copy(first, folder / "re-export" / "copy.png")  # same bytes
     reports = []
     summary = run_all(store, config, echo=reports.append)
     return store, config, summary, reports
@@ -102,7 +104,7 @@ def test_neighbors_are_k_other_scans_best_first(finished):
     table = store.table(NEIGHBORS).to_arrow()
     for image_id, ids, similarities in zip(*(table.column(c).to_pylist() for c in
                                              ("image_id", "neighbor_ids", "similarities"))):
-        assert len(ids) == config.k and image_id not in ids
+        assert len(ids) == config.neighbors.k and image_id not in ids
         assert similarities == sorted(similarities, reverse=True)
 
 
@@ -159,8 +161,10 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, data_dir, 
 
     ssl = SSLConfig.from_profile("quick", **TINY_SSL)
     reports = []
-    summary = run_all(store, RunConfig(paths=[str(folder)], clusters=3, ssl=ssl, views=2, k=5,
-                                       cluster_epochs=20), echo=reports.append)
+    summary = run_all(store, RunConfig(ingest={"paths": [str(folder)]}, ssl=ssl,
+                                       embed={"views": 2}, neighbors={"k": 5},
+                                       cluster={"clusters": 3, "epochs": 20, "k": 5}),
+                      echo=reports.append)
     by_stage = {r.stage: r for r in reports}
     assert by_stage["train-ssl"].skipped and by_stage["sites"].skipped
     assert by_stage["embed"].detail.startswith("0 embedded")
@@ -170,8 +174,8 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, data_dir, 
 
 def test_over_clustering_and_a_rejected_self_label_keep_a_usable_current_model(finished):
     """C far above the number of views trains; self-label that cannot help leaves the input."""
-    from jobs.cluster import ClusterConfig, run_cluster
-    from jobs.self_label import SelfLabelConfig, run_self_label
+    from jobs.cluster import run_cluster
+    from jobs.self_label import run_self_label
 
     store, config, summary, _ = finished
     before = current_version(store)
@@ -189,7 +193,7 @@ def test_over_clustering_and_a_rejected_self_label_keep_a_usable_current_model(f
 def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
     """The paper's mode: backbone + heads on augmented neighbour pairs (2 Ray Train workers),
     then embedding, neighbours and heads again on the fine-tuned backbone."""
-    from jobs.cluster import ClusterConfig, run_cluster
+    from jobs.cluster import run_cluster
 
     store, *_ = finished
     before = current_version(store)
@@ -212,11 +216,11 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     self-label backbone and head on weak/strong views; the run is embedded and judged like any
     model, and self-labeling the same input again reuses it."""
     from fusc_lib.models.self_label_network import read_head
-    from jobs.self_label import SelfLabelConfig, run_self_label
+    from jobs.self_label import run_self_label
 
     store, config, *_ = finished
-    network = config.model_copy(update={"self_label_mode": "network",
-                                        "ssl": SSLConfig(workers=2)})
+    network = config.model_copy(update={"self_label": SelfLabelConfig(mode="network",
+                                                                      workers=2)})
     run_all(store, network)
     reports = []
     run_all(store, network, echo=reports.append)  # nothing the network run did is redone
@@ -231,7 +235,7 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     embedded = store.embeddings_table(embedding).count_rows()
     assert embedded == store.table(SCANS).count_rows()
     trained_at = loss_csv.stat().st_mtime_ns
-    summary = run_self_label(store, SelfLabelConfig(model=start.version, mode="network"))
+    summary = run_self_label(store, SelfLabelConfig(cluster_model=start.version, mode="network"))
     assert loss_csv.stat().st_mtime_ns == trained_at  # the finished run was reused
     written = ClusterModel.load(store, summary.written)
     # a rejected try is recorded as the input model, so a written version is always coherent
@@ -256,7 +260,7 @@ def test_run_command_prints_site_nmi_and_scores_against_labels(finished, tmp_pat
                 for row in csv.DictReader(source):
                     writer.writerow([f"{name}__{row['file']}", row["view"], row["site"]])
     result = CliRunner().invoke(app, [
-        "run", "--clusters", "3", "--model", PRETRAINED, "--views", "2", "--k", "5",
+        "run", "--clusters", "3", "--embedding", PRETRAINED, "--views", "2", "--k", "5",
         "--cluster-epochs", "20", "--labels", str(labels), "--workdir", store.root],
         env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -290,8 +294,10 @@ def test_clusters_are_checked_against_the_scans_before_the_work(tmp_path, data_d
     folder = _archive(data_dir, tmp_path / "in", per_set=2)  # 4 stills
     store = _tiny_workdir(tmp_path / "w")
     with pytest.raises(ValueError, match="--clusters 70 needs more scans .* can hold 64"):
-        run_all(store, RunConfig(paths=[str(folder)], clusters=70, model=PRETRAINED))
+        run_all(store, RunConfig(ingest={"paths": [str(folder)]}, cluster={"clusters": 70},
+                                 embed={"embedding": PRETRAINED}))
     assert not store.has_table(SCANS)  # refused before any work
     with pytest.raises(ValueError, match="--clusters 5 needs more scans .* holds 4"):
-        run_all(store, RunConfig(paths=[str(folder)], clusters=5, model=PRETRAINED))
+        run_all(store, RunConfig(ingest={"paths": [str(folder)]}, cluster={"clusters": 5},
+                                 embed={"embedding": PRETRAINED}))
     assert store.embedding_keys() == []  # refused after ingest, before the costly stages

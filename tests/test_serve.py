@@ -24,9 +24,10 @@ from typer.testing import CliRunner
 
 from fusc_lib.cli import app
 from fusc_lib.cluster_model import CURRENT_FILE, ClusterModel, current_version
+from fusc_lib.config import RunConfig
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs.run import RunConfig, run_all
+from jobs.run import run_all
 from schemas.tables import ASSIGNMENTS
 from tests.dicom_files import make_dicom
 
@@ -59,8 +60,9 @@ def workdir(tmp_path_factory, data_dir, ray_session) -> tuple[Workdir, Path]:
     store = Workdir(str(root / "w"))
     workdir_preprocess(store, {"ocr_engine": "none", "image_size": 64})
     archive = _archive(data_dir, root / "in")
-    run_all(store, RunConfig(paths=[str(archive)], clusters=3, model="pretrained:efficientnet_lite0",
-                             views=2, k=5, heads=3, cluster_epochs=20))
+    run_all(store, RunConfig(ingest={"paths": [str(archive)]}, neighbors={"k": 5},
+                             embed={"embedding": "pretrained:efficientnet_lite0", "views": 2},
+                             cluster={"clusters": 3, "heads": 3, "epochs": 20, "k": 5}))
     return store, archive
 
 

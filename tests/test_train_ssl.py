@@ -26,12 +26,12 @@ from fusc_lib.augment import (
     fan_share,
     sample_fan_crop,
 )
+from fusc_lib.config import SSLConfig
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.models import create_backbone
 from fusc_lib.models.backbones import IMAGENET_WEIGHTS, load_by_order
 from fusc_lib.models.encoder import load_encoder
 from fusc_lib.preprocess import clean_pixels, decode_png, workdir_preprocess
-from fusc_lib.ssl_config import SSLConfig
 from fusc_lib.ssl_training import parse_loss_csv
 from fusc_lib.store import Workdir
 from jobs.ingest import run_ingest
@@ -147,7 +147,7 @@ def _assert_unit_embeddings(store: Workdir, run: str, dim: int) -> None:
 def test_simclr_run_killed_after_an_epoch_resumes_from_its_checkpoint(workdir, ray_session):
     run, epochs = "simclr-killed", 4
     script = ("import sys; from fusc_lib.store import Workdir; "
-              "from fusc_lib.ssl_config import SSLConfig; "
+              "from fusc_lib.config import SSLConfig; "
               "from jobs.train_ssl import run_train_ssl; "
               "run_train_ssl(Workdir(sys.argv[1]), SSLConfig.from_profile('quick', "
               f"run_name={run!r}, epochs={epochs}, **{TINY!r}), sys.argv[2])")

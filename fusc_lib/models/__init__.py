@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from fusc_lib.config import SSLConfig
 from fusc_lib.models.backbones import Backbone, create_backbone
 from fusc_lib.models.dino import DINO
 from fusc_lib.models.fusc_network import FUSCNetwork
 from fusc_lib.models.self_label_network import SelfLabelNetwork
 from fusc_lib.models.simclr import SimCLR
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
-from fusc_lib.ssl_config import SSLConfig
 
 METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "dino": DINO, "fusc": FUSCNetwork,
                                        "selflabel": SelfLabelNetwork}

@@ -17,9 +17,9 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 
 from fusc_lib.augment import DinoViews
+from fusc_lib.config import SSLConfig
 from fusc_lib.models.backbones import Backbone
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
-from fusc_lib.ssl_config import SSLConfig
 
 HIDDEN_DIM = 2048
 BOTTLENECK_DIM = 256

@@ -18,13 +18,14 @@ from torch import nn
 
 from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
+from fusc_lib.config import EmbedConfig, default_of
 from fusc_lib.models.backbones import ENCODER_INFO, IMAGENET, RANDOM, Backbone, create_backbone
 from fusc_lib.store import Workdir
 
 WEIGHTS = "backbone.pt"
 # Model names: an SSL run of the workdir, or pretrained:<timm name>[@<input size>] (ImageNet).
 PRETRAINED_PREFIX = "pretrained:"
-PRETRAINED_SIZE = 128
+PRETRAINED_SIZE = default_of(EmbedConfig, "input_size")  # the size a name without @ means
 # The embeddings of a model averaged over n views are stored under `<model>~views<n>`.
 VIEWS_MARK = "~views"
 FORWARD_CHUNK = 256  # images per forward pass of `embed`

@@ -19,11 +19,11 @@ from torch import nn
 
 from fusc_lib.artifacts import load_torch, save_torch
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
+from fusc_lib.config import SSLConfig
 from fusc_lib.losses import confidence_ce_loss
 from fusc_lib.models.backbones import Backbone
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
 from fusc_lib.sites import SiteCentering
-from fusc_lib.ssl_config import SSLConfig
 
 START_FILE = "start.pt"  # the head and site means a run starts from (written by the job)
 HEAD_FILE = "head.pt"  # the trained head, exported next to backbone.pt

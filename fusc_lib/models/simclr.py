@@ -11,9 +11,9 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from fusc_lib.augment import SimCLRViews
+from fusc_lib.config import SSLConfig
 from fusc_lib.models.backbones import Backbone
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
-from fusc_lib.ssl_config import SSLConfig
 
 PROJECTION_DIM = 128
 

@@ -1,0 +1,298 @@
+"""Every option of every stage, its default and its help, written once.
+
+One pydantic config per stage: the jobs take it, `fusc` makes its options from its fields
+(`fusc_lib/options.py`: a field's default is the option's default, its description the
+option's help), and `RunConfig` composes them. One module, because `fusc run` needs every
+stage's config and some defaults follow another stage's (the SSL method `fusc` takes
+`ClusterConfig`'s λ); pydantic only, because `fusc --help` imports it: no torch, Ray or LanceDB.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+DEFAULT_WORKDIR = "./fusc-work"
+
+Mode = Literal["frozen", "network"]
+OcrEngineName = Literal["easyocr", "tesseract", "none"]
+MethodName = Literal["simclr", "dino", "fusc", "selflabel"]
+
+ClusterModelVersion = Annotated[str | None, Field(
+    description="Cluster model version under <workdir>/models/cluster/. Default: the current "
+                "one.")]
+EmbeddingKey = Annotated[str | None, Field(
+    description="Embedding to use, as `fusc embed` printed it (embeddings.model_run). "
+                "Default: the one embedded last.")]
+
+
+def default_of(config: type[BaseModel], name: str) -> Any:
+    """The default of field `name` of `config` (for code that must agree with it)."""
+    return config.model_fields[name].get_default(call_default_factory=True)
+
+
+class CommonOptions(BaseModel):
+    """Options of several commands beside their stage's config."""
+
+    workdir: str = Field(DEFAULT_WORKDIR, description="Folder or URI holding the LanceDB "
+                         "tables, models and reports of this archive.")
+    ray_address: str | None = Field(None, description="Ray cluster to run on (e.g. "
+                                    "ray://head:10001). Default: a local Ray for this job.")
+    cluster_model: ClusterModelVersion = None
+
+
+# ------------------------------------------------------------------ ingest
+
+class PreprocessConfig(BaseModel):
+    """How frames become model-ready images; fixed per workdir once the first ingest wrote it."""
+
+    image_size: int = Field(256, ge=32, le=1024, description="Side in pixels of the stored "
+                            "square image. Fixed per workdir by its first ingest.")
+    ocr_engine: OcrEngineName = Field("easyocr", description="Engine reading burnt-in text: "
+                                      "easyocr | tesseract | none. Fixed per workdir by its "
+                                      "first ingest.")
+    vocabulary: str | None = Field(None, description="View vocabulary YAML (OCR text -> view) "
+                                   "instead of the built-in one.")
+    max_megapixels: float = Field(100.0, gt=0, description="Refuse larger images as possible "
+                                  "decompression bombs.")
+    ocr_threads: int = Field(1, ge=1, description="Torch/OpenCV threads per OCR engine.")
+
+
+class IngestConfig(BaseModel):
+    """Every option of `fusc ingest`; written to the workdir with each run."""
+
+    paths: list[str] = Field(default_factory=list, description="Folders (searched "
+                             "recursively), globs, files or URIs (s3://...) of scans.")
+    manifest: str | None = Field(None, description="CSV or Parquet with a `path` column and "
+                                 "optional site, patient, study.")
+    keep_ocr_text: bool = Field(False, description="Store the raw OCR text. Off by default: "
+                                "burnt-in text can hold patient names.")
+    batch_size: int = Field(8, ge=1, description="Files per worker call (one OCR batch).")
+    concurrency: int | None = Field(None, ge=1, description="Ingest workers. Default: one per "
+                                    "CPU of the cluster.")
+    commit_rows: int = Field(256, ge=1, description="Rows per LanceDB commit: at most this much "
+                             "work is redone after a kill.")
+    retry_quarantined: bool = Field(False, description="Try files of this input that an "
+                                    "earlier run quarantined again.")
+    frames: int | None = Field(
+        16, ge=1,
+        description="Frames kept per multi-frame file (cine loop): N evenly spaced, first and "
+                    "last included, or 'all'. Adjacent frames of a loop are near copies: the "
+                    "default catches each view a sweep passes (one every ~3 s of a 50-s loop) "
+                    "while a 1,500-frame loop weighs like that many stills, not like an archive "
+                    "of them. Frames left out are counted in the summary.")
+
+    @field_validator("frames", mode="before")
+    @classmethod
+    def _all_frames(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.lower() == "all" else value
+
+
+# ------------------------------------------------------------------ embed, sites, neighbours
+
+class EmbedConfig(BaseModel):
+    """Every option of `fusc embed`."""
+
+    embedding: str | None = Field(None, description="Model to embed with: an SSL run under "
+                                  "<workdir>/models/ssl/, or pretrained:<timm backbone> for "
+                                  "ImageNet features. Default: the newest SSL run (`fusc run` "
+                                  "trains one, and skips that when given one).")
+    input_size: int = Field(128, ge=16, description="Input size for pretrained:<backbone> (SSL "
+                            "runs use their own).")
+    views: int = Field(1, ge=1, le=64, description="Views averaged per scan: 1 = the plain "
+                       "image; more add seeded augmented views (what clustering uses).")
+    batch_size: int = Field(64, ge=1, description="Scans per forward pass.")
+    concurrency: int | None = Field(None, ge=1, description="Model replicas. Default: one per "
+                                    "CPU, or one per GPU with --use-gpu.")
+    use_gpu: bool = Field(False, description="Run each replica on a GPU.")
+    commit_rows: int = Field(4096, ge=1, description="Vectors per LanceDB commit.")
+    index_min_rows: int = Field(100_000, ge=256, description="Build an ANN index from this "
+                                "size.")
+
+
+class SitesConfig(BaseModel):
+    """Every option of `fusc sites`."""
+
+    seed: int = Field(0, description="Seed of the style grouping.")
+
+
+class NeighborsConfig(BaseModel):
+    """Every option of `fusc neighbors`."""
+
+    embedding: EmbeddingKey = None
+    k: int = Field(20, ge=1, description="Neighbours per scan.")
+    use_gpu: bool | None = Field(None, description="faiss on GPU. Default: when this faiss has "
+                                 "one.")
+
+
+# ------------------------------------------------------------------ cluster, self-label
+
+class NetworkOptions(BaseModel):
+    """What the stages that can also train the full network share."""
+
+    mode: Mode = Field("frozen", description="frozen: on the stored embeddings (fast, CPU); "
+                       "network: the backbone trains too, on augmented images (Ray Train, the "
+                       "paper's mode).")
+    network_epochs: int = Field(10, ge=1, description="Network mode: epochs.")
+    network_lr: float = Field(1e-4, gt=0, description="Network mode: AdamW step (SCAN's).")
+    network_batch_size: int = Field(64, ge=2, description="Network mode: global batch.")
+    workers: int = Field(1, ge=1, description="Network mode: Ray Train workers.")
+    use_gpu: bool = Field(False, description="Network mode: one GPU per worker.")
+
+
+class ClusterConfig(NetworkOptions):
+    """Every option of `fusc cluster`."""
+
+    embedding: EmbeddingKey = None
+    clusters: int = Field(10, ge=2, description="Number of clusters C (may far exceed the "
+                          "views: over-clustering).")
+    heads: int = Field(10, ge=1, description="Heads trained together; the lowest-loss is kept.")
+    entropy_weight: float = Field(5.0, ge=0, description="λ: weight of the entropy of the mean "
+                                  "prediction (spreads the clusters).")
+    # A linear head on frozen features tolerates a far larger step than SCAN's 1e-4 for a whole
+    # network: on 300–20,000 vectors lr 1e-2 reaches its final loss within ~50 epochs (seconds
+    # on 300 vectors), where 1e-4 is still far from it after 200.
+    epochs: int = Field(100, ge=1, description="Epochs of the heads.")
+    lr: float = Field(1e-2, gt=0, description="Adam step of the heads.")
+    batch_size: int = Field(128, ge=2, description="Scans per step of the heads.")
+    seed: int = Field(0, description="Seed of the heads and of their batches.")
+    k: int = Field(default_of(NeighborsConfig, "k"), ge=1,
+                   description="Network mode: neighbours mined again.")
+
+
+class SelfLabelConfig(NetworkOptions):
+    """Every option of `fusc self-label`."""
+
+    cluster_model: ClusterModelVersion = None
+    threshold: float = Field(0.99, gt=0, le=1, description="Confidence that makes a sample a "
+                             "target.")
+    epochs: int = Field(50, ge=1, description="Frozen mode: epochs of the head.")
+    lr: float = Field(1e-3, gt=0, description="Frozen mode: Adam step of the head.")
+    batch_size: int = Field(256, ge=2, description="Frozen mode: samples per step of the head.")
+    seed: int = Field(0, description="Seed of the head's batches and feature noise.")
+
+
+# ------------------------------------------------------------------ train-ssl
+
+class SSLConfig(BaseModel):
+    """Stage 1 of FUSC: self-supervised training of the backbone on the `scans` table.
+
+    The defaults are the `quick` profile: a CPU laptop, minutes on a few hundred scans,
+    fine-tuning ImageNet EfficientNet-Lite0 at 128 px (reference/clustering-measurements.md).
+    On african-planes, batch 32 x 30 epochs with style strength 0.5 gave neighbours of the same
+    view 0.74 of the time, against 0.70 for batch 64 x 20 epochs at strength 1 (README,
+    clustering quality). Other profiles (`PROFILES`) change some of them; the run writes the
+    config it used to `models/ssl/<run>/config.json`, and a resumed run reads it back.
+    """
+
+    profile: str = Field("quick", description="SSL profile the SSL options start from: quick "
+                         "(CPU laptop, minutes), paper (ResNet18 SimCLR, GPU), paper-dino "
+                         "(ViT-S/16 DINO, GPU).")
+    run_name: str | None = Field(None, description="SSL run: its folder under "
+                                 "<workdir>/models/ssl/. Default: <method>-<backbone>.")
+    method: MethodName = Field("simclr", description="simclr | dino (`fusc` and `selflabel` "
+                               "are stages 2 and 3 on the full network).")
+    backbone: str = Field("efficientnet_lite0", description="Any timm architecture name.")
+    init: str = Field("imagenet", description="random | imagenet (local weights, no download) "
+                      "| PATH of a state dict.")
+    image_size: int = Field(128, ge=16, le=1024, description="Side of the (global) training "
+                            "views.")
+    epochs: int = Field(30, ge=1, description="Epochs of SSL training.")
+    batch_size: int = Field(32, ge=2, description="Global batch, split evenly over workers.")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW, cosine schedule).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    warmup_epochs: int = Field(1, ge=0, description="Linear learning-rate warm-up.")
+    temperature: float = Field(0.2, gt=0, description="SimCLR NT-Xent temperature.")
+    strength: float = Field(0.5, ge=0, description="Scale of the machine-style augmentations "
+                            "(gain, gamma, speckle, blur, ...).")
+    dino_out_dim: int = Field(4096, ge=16, description="DINO prototypes (head output).")
+    dino_local_crops: int = Field(4, ge=0, description="DINO local views per image.")
+    dino_local_size: int = Field(48, ge=16, description="Side of DINO's local views.")
+    dino_momentum: float = Field(0.996, ge=0, le=1, description="Teacher EMA momentum at "
+                                 "the start (cosine to 1).")
+    teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature.")
+    fusc_clusters: int = Field(default_of(ClusterConfig, "clusters"), ge=2,
+                               description="fusc (full-network clustering): clusters.")
+    fusc_heads: int = Field(default_of(ClusterConfig, "heads"), ge=1,
+                            description="fusc: heads trained together.")
+    entropy_weight: float = Field(default_of(ClusterConfig, "entropy_weight"), ge=0,
+                                  description="fusc: λ of the entropy term.")
+    neighbors_of: str | None = Field(None, description="fusc: embeddings.model_run whose mined "
+                                                       "neighbours pair the scans.")
+    selflabel_start: str | None = Field(None, description="selflabel: the file with the head "
+                                        "and site means to start from (written by the job).")
+    selflabel_threshold: float = Field(default_of(SelfLabelConfig, "threshold"), gt=0, le=1,
+                                       description="selflabel: confidence that makes a target.")
+    workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel replicas).")
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs each worker reserves; "
+                                          "None: 1, or less where the cluster would otherwise "
+                                          "keep none for making the views.")
+    use_gpu: bool = Field(False, description="One GPU per worker; mixed precision on.")
+    seed: int = Field(0, description="Seed of the model initialisation (augmentations are not "
+                                     "seeded).")
+
+    @property
+    def run(self) -> str:
+        return self.run_name or f"{self.method}-{self.backbone}"
+
+    def fitted_to(self, scans: int) -> SSLConfig:
+        """This config, with the batch lowered to what `scans` scans can fill (a small archive
+        trains on one batch of all of it)."""
+        if scans >= self.batch_size:
+            return self
+        return self.model_copy(update={"batch_size": max(2, scans // 2 * 2)})
+
+    @classmethod
+    def from_profile(cls, name: str, **overrides) -> SSLConfig:
+        """The profile's values, with the `overrides` that are not None."""
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}")
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return cls(**{**PROFILES[name], **given, "profile": name})
+
+
+PROFILES: dict[str, dict] = {
+    "quick": {},  # the field defaults
+    # METHOD.md: SimCLR with ResNet18 from scratch, on GPUs.
+    "paper": {"method": "simclr", "backbone": "resnet18", "init": "random", "image_size": 224,
+              "epochs": 200, "batch_size": 256, "lr": 1e-3, "temperature": 0.1,
+              "strength": 1.0, "use_gpu": True},
+    # METHOD.md: DINO with ViT-S/16 from scratch, on GPUs (DINO paper's ViT-S recipe).
+    "paper-dino": {"method": "dino", "backbone": "vit_small_patch16_224", "init": "random",
+                   "image_size": 224, "epochs": 200, "batch_size": 256, "lr": 5e-4,
+                   "weight_decay": 0.04, "warmup_epochs": 10, "dino_out_dim": 65536,
+                   "dino_local_crops": 8, "dino_local_size": 96, "strength": 1.0,
+                   "use_gpu": True},
+}
+
+
+# ------------------------------------------------------------------ run
+
+# Views averaged per scan for clustering: mild augmentations average the machine style out
+# (README, clustering quality).
+CLUSTERING_VIEWS = 20
+
+
+class RunConfig(BaseModel):
+    """Every stage of `fusc run`, each its own config. A stage given as a dict changes only the
+    fields it names (`embed={"embedding": ...}` keeps the run's views)."""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    ssl: SSLConfig = Field(default_factory=SSLConfig, description="Trained unless "
+                           "`embed.embedding` names a model.")
+    embed: EmbedConfig = Field(default_factory=lambda: EmbedConfig(views=CLUSTERING_VIEWS))
+    sites: SitesConfig = Field(default_factory=SitesConfig)
+    neighbors: NeighborsConfig = Field(default_factory=NeighborsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    self_label: SelfLabelConfig | None = Field(default_factory=SelfLabelConfig,
+                                               description="None skips the stage.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_dicts_update_the_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {name: {**default_of(cls, name).model_dump(), **value}
+                if isinstance(value, dict) and name in cls.model_fields else value
+                for name, value in data.items()}

@@ -1,0 +1,157 @@
+"""What `fusc` prints: summaries of the stages, label scores, warnings and errors.
+
+Messages go to stderr; the tables a user may want to keep (cluster sizes, scores) to stdout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def say(message: str) -> None:
+    console.print(message, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    say(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+def warn(message: str | None) -> None:
+    if message:
+        say(f"[yellow]warning:[/yellow] {message}")
+
+
+@contextmanager
+def user_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Invalid options, refused settings, missing inputs (ValueError, and `kinds`): the message,
+    exit code 2, no traceback."""
+    try:
+        yield
+    except (ValueError, *kinds) as error:
+        fail(str(error))
+
+
+def ingest_summary(summary, lancedb_uri: str) -> None:
+    table = Table(title="fusc ingest", show_header=False)
+    table.add_row("files found", str(summary.files_found))
+    table.add_row("already in the workdir (skipped)", str(summary.files_already_done))
+    table.add_row("ingested (rows in scans)", str(summary.rows_ingested))
+    table.add_row("copies of an ingested scan (recorded in duplicates)", str(summary.duplicates))
+    table.add_row("quarantined (reason in quarantine)", str(summary.quarantined))
+    table.add_row("cine frames left out (--frames)", str(summary.frames_skipped))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    Console().print(table)
+    say(f"tables in {lancedb_uri} (scans, duplicates, quarantine)")
+
+
+def embedded(summary) -> None:
+    say(f"model {summary.model_run}: {summary.embedded} scans embedded, "
+        f"{summary.already_done} already had a vector ({summary.seconds:.1f} s)"
+        + ("; vector index built" if summary.indexed else ""))
+
+
+def trained(summary: dict, store, labels: list[Path] | None) -> None:
+    """An SSL run, and how its embedding scores against `labels` if given."""
+    say(f"run {summary['run']}: {summary['epochs']} epochs, final loss "
+        f"{summary['final_loss']}, {summary['images_per_s']} images/s; "
+        f"saved in {summary['run_dir']}")
+    if labels:
+        representation_report(store, labels, summary["run_dir"])
+
+
+def sites(summary) -> None:
+    say(f"{summary.scans} scans: {summary.given} with a named site, "
+        f"{summary.inferred_groups} style groups inferred; sizes {summary.sizes} "
+        f"({summary.seconds:.1f} s)")
+
+
+def neighbours(summary) -> None:
+    say(f"{summary.embedding}: {summary.scans} scans × {summary.k} neighbours, "
+        f"{summary.index}, mean similarity {summary.mean_similarity:.3f} "
+        f"({summary.seconds:.1f} s)")
+
+
+def clustered(summary) -> None:
+    say(f"model {summary.version}: head {summary.head_index} kept (loss {summary.loss:.3f}); "
+        f"cluster sizes {summary.sizes} ({summary.seconds:.1f} s)")
+
+
+def self_labeled(summary) -> None:
+    verdict = "accepted" if summary.accepted else "rejected (" + "; ".join(summary.reasons) + ")"
+    say(f"self-label {verdict}; current model {summary.version}; confident "
+        f"{summary.confident_before:.1%} → {summary.confident_after:.1%}; sizes "
+        f"{summary.sizes} ({summary.seconds:.1f} s)")
+
+
+def assigned(summary) -> None:
+    from fusc_lib.metrics import chance_confidence_warning
+
+    embedded = f"{summary.embedded} new scans embedded first, " if summary.embedded else ""
+    copies = f" (+ {summary.copies} file copies, exported with their twin's cluster)" \
+        if summary.copies else ""
+    say(f"model {summary.version}: {embedded}{summary.assigned} assigned, "
+        f"{summary.already_done} already; cluster sizes {summary.sizes}{copies}")
+    warn(chance_confidence_warning(summary.mean_confidence, len(summary.sizes)))
+
+
+def representation_report(store, labels: list[Path], run_dir: str) -> None:
+    from fusc_lib.diagnostics import representation_report as scores_of
+
+    table = Table(title="embedding against the labels (used only to score)")
+    for column in ("variant", "scans", "kNN acc. (view)", "k-means NMI (view)",
+                   "k-means NMI (site), lower = less hospital style"):
+        table.add_column(column)
+    for variant, scores in scores_of(store, labels, run_dir).items():
+        table.add_row(variant, str(scores["scans"]), f"{scores['knn_accuracy_view']:.3f}",
+                      f"{scores['kmeans_nmi_view']:.3f}", f"{scores['kmeans_nmi_site']:.3f}")
+    Console().print(table)
+
+
+def stage(report) -> None:
+    """One stage of `fusc run`, as it ends."""
+    if report.skipped:
+        say(f"[dim]{report.stage}: skipped ({report.detail})[/dim]")
+    else:
+        say(f"[green]{report.stage}[/green] ({report.seconds:.1f} s): {report.detail}")
+
+
+def run_summary(summary, store, labels: list[Path] | None) -> None:
+    """The clusters of `fusc run`, their scores against `labels` if given, where things are."""
+    table = Table(title=f"clusters of model {summary.version}")
+    table.add_column("cluster")
+    table.add_column("scans")
+    for cluster_id, size in enumerate(summary.sizes):
+        table.add_row(str(cluster_id), str(size))
+    Console().print(table)
+    say(f"NMI of the clusters against site (given or inferred; lower = less hospital in the "
+        f"clusters): {summary.site_nmi:.3f}")
+    for warning in summary.warnings:
+        warn(warning)
+    if labels:
+        cluster_scores(store, summary.version, labels)
+    say(f"assignments: {summary.export}\ntables: {store.lancedb_uri}")
+
+
+def cluster_scores(store, version: str, labels: list[Path]) -> None:
+    from fusc_lib.diagnostics import assigned_clusters, clustering_scores, labels_of, read_labels
+
+    ids, clusters = assigned_clusters(store, version)
+    with user_errors():
+        views, sites = labels_of(store, read_labels(labels), ids)
+    scores = clustering_scores(views, sites, clusters)
+    table = Table(title="clusters against the labels (used only to score)")
+    for name in ("purity", "NMI (view)", "Hungarian acc.", "smallest cluster",
+                 "NMI (site), lower = better"):
+        table.add_column(name)
+    table.add_row(*(f"{scores[key]:.3f}" for key in (
+        "purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")))
+    Console().print(table)
