@@ -2,9 +2,9 @@
 
 ingest → train-ssl → embed → sites → neighbors → cluster → self-label → assign → export.
 Ingest, embed and assign are incremental by themselves (they do only the scans not done yet).
-The other stages record the versions of their inputs in `<workdir>/stages/<stage>.json` when
-they finish, and are skipped while those are unchanged; so a killed run, run again, continues
-with the stage it was in. The SSL model is trained once per workdir (resumed if it was
+The other stages record their inputs in the ledger (`fusc_lib/ledger.py`) when they finish,
+and are skipped while those are unchanged; so a killed run, run again, continues with the
+stage it was in. The SSL model is trained once per workdir (resumed if it was
 killed); scans ingested later are embedded with it.
 """
 
@@ -26,6 +26,7 @@ from fusc_lib.config import (
     SSLConfig,
 )
 from fusc_lib.diagnostics import site_nmi
+from fusc_lib.ledger import StageLedger
 from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import embedding_key, is_trained
 from fusc_lib.preprocess import workdir_preprocess
@@ -68,17 +69,18 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
             echo: Callable[[StageReport], None] = lambda report: None) -> RunSummary:
     """Run (or skip) every stage; `echo` hears about each stage as it ends."""
     summary = RunSummary()
+    ledger = StageLedger(workdir)
 
     def stage(name: str, work: Callable[[], str], inputs: dict | None = None,
               done: str = "") -> None:
         """Run `work`, unless `done` says why not or its recorded `inputs` are unchanged."""
         started = monotonic()
-        if done or (inputs is not None and _stamp(workdir, name) == inputs):
+        if done or (inputs is not None and ledger.is_current(name, inputs)):
             report = StageReport(name, True, 0.0, done or "inputs unchanged")
         else:
             report = StageReport(name, False, 0.0, work())
             if inputs is not None:
-                workdir.write_json(inputs, "stages", f"{name}.json")
+                ledger.record(name, inputs)
         report.seconds = monotonic() - started
         summary.stages.append(report)
         echo(report)
@@ -103,10 +105,10 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
            "embedding": embedding, "k": neighbors.k})
     cluster = config.cluster.model_copy(update={"embedding": embedding})
     stage("cluster", lambda: _cluster(workdir, cluster, ray_address),
-          {"neighbors": _stamp(workdir, "neighbors"), **cluster.model_dump()})
+          {"neighbors": ledger.stamp("neighbors"), **cluster.model_dump()})
     if config.self_label:  # None skips the stage
         stage("self-label", lambda: _self_label(workdir, config.self_label, ray_address),
-              {"input": _stamp(workdir, CLUSTER_OUTPUT), **config.self_label.model_dump()})
+              {"input": ledger.stamp(CLUSTER_OUTPUT), **config.self_label.model_dump()})
     stage("assign", lambda: _assign(workdir, summary, ray_address))
     summary.export = workdir.path("exports", EXPORT_FILE)
     stage("export", lambda: write_export(export_table(workdir), summary.export))
@@ -130,10 +132,6 @@ def _most_new_scans(config: RunConfig) -> int:
     files = len(gather_sources(config.ingest.paths, config.ingest.manifest))
     frames = config.ingest.frames
     return files * frames if frames else sys.maxsize
-
-
-def _stamp(workdir: Workdir, stage: str) -> dict:
-    return workdir.read_json("stages", f"{stage}.json") or {}
 
 
 def _version(workdir: Workdir, table: str) -> int | None:
@@ -186,7 +184,7 @@ def _neighbors(workdir: Workdir, config: NeighborsConfig) -> str:
 
 def _cluster(workdir: Workdir, config: ClusterConfig, ray_address: str | None) -> str:
     result = run_cluster(workdir, config, ray_address)
-    workdir.write_json({"version": result.version}, "stages", f"{CLUSTER_OUTPUT}.json")
+    StageLedger(workdir).record(CLUSTER_OUTPUT, {"version": result.version})
     return f"model {result.version}, head {result.head_index}, sizes {result.sizes}"
 
 
