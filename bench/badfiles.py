@@ -536,7 +536,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from jobs._ray import cluster_cpus, connect
+    from jobs.ray_runtime import cluster_cpus, connect
 
     connect(None)  # Ray's own start-up is not the ingest's: paid here, once
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,9 +27,9 @@ from fusc_lib.ingest import IngestConfig
 from fusc_lib.models.encoder import PRETRAINED_PREFIX, pretrained_encoder
 from fusc_lib.preprocess import decode_png, workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs._ray import connect
 from jobs.embed import run_embed
 from jobs.ingest import run_ingest
+from jobs.ray_runtime import connect
 from jobs.train_ssl import run_train_ssl
 from schemas.tables import SCANS
 

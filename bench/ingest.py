@@ -28,8 +28,8 @@ from fusc_lib.io import decode
 from fusc_lib.ocr import make_engine
 from fusc_lib.preprocess import to_gray, workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs._ray import connect
 from jobs.ingest import run_ingest
+from jobs.ray_runtime import connect
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = ("african-planes", "fetal-planes-db", "hc18")

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from fusc_lib.cluster_model import ClusterModel
+from fusc_lib.clustering_space import clustering_space
 from fusc_lib.config import RunConfig, SSLConfig
 from fusc_lib.diagnostics import assigned_clusters, clustering_scores, labels_of, read_labels
 from fusc_lib.metrics import kmeans_clusters
 from fusc_lib.store import Workdir
-from jobs._vectors import clustering_space
 from jobs.run import run_all
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -18,10 +18,10 @@ import time
 
 from bench.quality import summarise
 from fusc_lib.cluster_model import ClusterModel
+from fusc_lib.clustering_space import clustering_space
 from fusc_lib.config import ClusterConfig, NeighborsConfig, SelfLabelConfig
 from fusc_lib.diagnostics import clustering_scores, labels_of, read_labels
 from fusc_lib.store import Workdir
-from jobs._vectors import clustering_space
 from jobs.cluster import run_cluster
 from jobs.neighbors import run_neighbors
 from jobs.self_label import run_self_label

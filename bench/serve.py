@@ -34,7 +34,7 @@ from fusc_lib.config import RunConfig, default_of
 from fusc_lib.online import OnlineClusterer, ScanRequest
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs._ray import connect
+from jobs.ray_runtime import connect
 from jobs.run import run_all
 from services.serve import DEFAULT_CONFIG, start, stop
 

@@ -297,8 +297,8 @@ def export(
     Columns: source_uri, frame, image_id, cluster_id, cluster_name, confidence, site,
     pseudo_view, duplicate_of.
     """
+    from fusc_lib.export import export_table, write_export
     from fusc_lib.store import Workdir
-    from jobs.export import export_table, write_export
 
     with user_errors():
         table = export_table(Workdir(workdir), cluster_model or model)
@@ -387,7 +387,7 @@ def serve(
     token = os.environ.get(TOKEN_ENV) or None
     with user_errors():
         check_exposure(host, token)
-    from jobs._ray import connect
+    from jobs.ray_runtime import connect
 
     connect(ray_address)
     with user_errors():  # no model, unknown version, invalid config file

@@ -26,9 +26,9 @@ from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir, rows_by_id, utc_now
-from jobs._lance_sink import TableAppender
-from jobs._ray import cluster_cpus, connect
+from fusc_lib.table_appender import TableAppender
 from jobs.embed import run_embed
+from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS
 
 COMMIT_ROWS = 50_000

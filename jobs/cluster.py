@@ -20,11 +20,11 @@ import numpy as np
 
 from fusc_lib.cluster_model import ClusterModel, new_version
 from fusc_lib.clustering import train_cluster_heads
+from fusc_lib.clustering_space import clustering_space, latest_embedding
 from fusc_lib.config import ClusterConfig, NeighborsConfig, SSLConfig
 from fusc_lib.models.encoder import parse_embedding_key
 from fusc_lib.store import Workdir
 from jobs._network import backbone_of, train_and_embed
-from jobs._vectors import clustering_space, latest_embedding
 from jobs.neighbors import load_neighbors, run_neighbors
 from jobs.sites import load_site_model
 from schemas.tables import SCANS

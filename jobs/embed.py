@@ -28,8 +28,8 @@ from fusc_lib.models.encoder import (
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.store import Workdir, utc_now
-from jobs._lance_sink import TableAppender
-from jobs._ray import cluster_cpus, connect
+from fusc_lib.table_appender import TableAppender
+from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import SCANS, embeddings_schema
 
 

@@ -22,8 +22,8 @@ from fusc_lib.privacy import resolve_salt
 from fusc_lib.progress import progress_bar
 from fusc_lib.sources import Source, gather_sources
 from fusc_lib.store import Workdir, utc_now
-from jobs._lance_sink import TableAppender
-from jobs._ray import cluster_cpus, connect
+from fusc_lib.table_appender import TableAppender
+from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import DUPLICATES, QUARANTINE, SCANS
 
 SALT_FILE = "id-salt.json"

@@ -13,10 +13,10 @@ from time import monotonic
 import numpy as np
 import pyarrow as pa
 
+from fusc_lib.clustering_space import clustering_space, latest_embedding
 from fusc_lib.config import NeighborsConfig
 from fusc_lib.neighbors import choose_index, mine_neighbors
 from fusc_lib.store import Workdir
-from jobs._vectors import clustering_space, latest_embedding
 from schemas.tables import NEIGHBORS
 
 

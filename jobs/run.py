@@ -26,6 +26,7 @@ from fusc_lib.config import (
     SSLConfig,
 )
 from fusc_lib.diagnostics import site_nmi
+from fusc_lib.export import export_table, write_export
 from fusc_lib.ledger import StageLedger
 from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import embedding_key, is_trained
@@ -35,7 +36,6 @@ from fusc_lib.store import Workdir
 from jobs.assign import run_assign
 from jobs.cluster import run_cluster
 from jobs.embed import resolve_model, run_embed
-from jobs.export import export_table, write_export
 from jobs.ingest import run_ingest
 from jobs.neighbors import run_neighbors
 from jobs.self_label import run_self_label

@@ -30,13 +30,13 @@ from fusc_lib.clustering import (
     judge_self_label,
     self_label,
 )
+from fusc_lib.clustering_space import ClusteringSpace, clustering_space
 from fusc_lib.config import SelfLabelConfig, SSLConfig
 from fusc_lib.models.encoder import parse_embedding_key
 from fusc_lib.models.self_label_network import START_FILE, read_head, write_start
 from fusc_lib.sites import SiteCentering
 from fusc_lib.store import Workdir
 from jobs._network import backbone_of, train_and_embed
-from jobs._vectors import ClusteringSpace, clustering_space
 from jobs.neighbors import load_neighbors
 from schemas.tables import SCANS
 

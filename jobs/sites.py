@@ -19,7 +19,7 @@ from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.sites import SiteModel, resolve_sites, style_features
 from fusc_lib.store import Workdir
-from jobs._ray import connect
+from jobs.ray_runtime import connect
 from schemas.tables import SCANS, SITES
 
 SITE_MODEL = ("models", "sites", "site_model.json")

@@ -41,7 +41,7 @@ from fusc_lib.ssl_training import (
     view_columns,
 )
 from fusc_lib.store import Workdir, by_embedding, rows_by_id
-from jobs._ray import cluster_cpus, connect
+from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import NEIGHBORS, SCANS, SITES
 
 CONFIG_FILE = "config.json"

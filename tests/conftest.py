@@ -29,7 +29,7 @@ def ray_session():
     """One local Ray for every test that needs it (starting Ray costs seconds)."""
     import ray
 
-    from jobs._ray import connect
+    from jobs.ray_runtime import connect
 
     connect(None)
     yield ray

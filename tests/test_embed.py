@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from fusc_lib.clustering_space import clustering_space, latest_embedding, load_embeddings
 from fusc_lib.config import EmbedConfig
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs._vectors import clustering_space, latest_embedding, load_embeddings
 from jobs.embed import embedding_rows, ensure_vector_index, run_embed
 from jobs.ingest import run_ingest
 from schemas.tables import LEGACY_EMBEDDINGS, embeddings_table_name

@@ -19,10 +19,10 @@ import torch
 
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.config import ClusterConfig, RunConfig, SelfLabelConfig, SSLConfig
+from fusc_lib.export import COLUMNS, export_table, write_export
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
-from jobs.export import COLUMNS, export_table, write_export
 from jobs.run import run_all
 from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
 
