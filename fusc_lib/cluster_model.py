@@ -19,12 +19,9 @@ import torch
 
 from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
 from fusc_lib.clustering import ClusterResult
+from fusc_lib.layout import CLUSTER_MODEL_INFO, CURRENT_CLUSTER_MODEL, HEAD_WEIGHTS
 from fusc_lib.sites import SiteCentering, SiteModel
 from fusc_lib.store import Workdir
-
-HEAD_FILE = "head.pt"
-META_FILE = "model.json"
-CURRENT_FILE = "current.json"
 
 
 @dataclass
@@ -47,16 +44,16 @@ class ClusterModel:
 
     def save(self, workdir: Workdir, make_current: bool = True) -> str:
         folder = workdir.cluster_model_dir(self.version)
-        save_torch(f"{folder}/{HEAD_FILE}", {"weight": self.head.weight, "bias": self.head.bias})
+        save_torch(f"{folder}/{HEAD_WEIGHTS}", {"weight": self.head.weight, "bias": self.head.bias})
         meta = {"version": self.version, "embedding": self.embedding,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "centering": self.centering.to_dict(),
                 "site_model": self.site_model.to_dict() if self.site_model else None,
                 "head": self.head.metadata(), "notes": self.notes,
                 "names": {str(c): self.names.get(c) for c in range(self.n_clusters)}}
-        write_bytes(f"{folder}/{META_FILE}", json.dumps(meta, indent=1).encode())
+        write_bytes(f"{folder}/{CLUSTER_MODEL_INFO}", json.dumps(meta, indent=1).encode())
         if make_current:
-            workdir.write_json({"version": self.version}, "models", "cluster", CURRENT_FILE)
+            workdir.write_json({"version": self.version}, *CURRENT_CLUSTER_MODEL)
         return folder
 
     @classmethod
@@ -64,10 +61,10 @@ class ClusterModel:
         """The named version, or the current one."""
         version = version or current_version(workdir)
         folder = workdir.cluster_model_dir(version)
-        if not exists(f"{folder}/{META_FILE}"):
+        if not exists(f"{folder}/{CLUSTER_MODEL_INFO}"):
             raise ValueError(f"no cluster model {version!r} in {folder}")
-        meta = json.loads(read_bytes(f"{folder}/{META_FILE}"))
-        state = load_torch(f"{folder}/{HEAD_FILE}")
+        meta = json.loads(read_bytes(f"{folder}/{CLUSTER_MODEL_INFO}"))
+        state = load_torch(f"{folder}/{HEAD_WEIGHTS}")
         n = state["weight"].shape[0]
         head = ClusterResult.from_state({**state, "probabilities": torch.empty(0, n)},
                                         meta["head"])
@@ -80,7 +77,7 @@ class ClusterModel:
 
 
 def current_version(workdir: Workdir) -> str:
-    current = workdir.read_json("models", "cluster", CURRENT_FILE)
+    current = workdir.read_json(*CURRENT_CLUSTER_MODEL)
     if not current:
         raise ValueError(f"no cluster model in {workdir.root}: run `fusc cluster` (or `fusc run`)")
     return current["version"]

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from fusc_lib.layout import STAGES
+
 if TYPE_CHECKING:
     from fusc_lib.store import Workdir
-
-LEDGER_FOLDER = "stages"
-
 
 class StageLedger:
     """The stamps of one workdir's stages (JSON files, local or on object storage)."""
@@ -27,7 +26,7 @@ class StageLedger:
 
     def stamp(self, stage: str) -> dict:
         """The inputs `stage` last finished with; {} if it never did."""
-        return self.workdir.read_json(LEDGER_FOLDER, f"{stage}.json") or {}
+        return self.workdir.read_json(STAGES, f"{stage}.json") or {}
 
     def is_current(self, stage: str, inputs: dict) -> bool:
         """True when `stage` finished before with exactly these inputs (compared as JSON)."""
@@ -36,7 +35,7 @@ class StageLedger:
 
     def record(self, stage: str, inputs: dict) -> None:
         """Write `stage`'s stamp: call only once the stage's outputs are committed."""
-        self.workdir.write_json(inputs, LEDGER_FOLDER, f"{stage}.json")
+        self.workdir.write_json(inputs, STAGES, f"{stage}.json")
 
 
 

@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.io import BadInput, content_id, decode, frame_id
+from fusc_lib.layout import PREPROCESS
 from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
-from fusc_lib.preprocess import PREPROCESS_FILE, PreparedFrame, PreprocessConfig, Preprocessor
+from fusc_lib.preprocess import PreparedFrame, PreprocessConfig, Preprocessor
 from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir
 from schemas.tables import ASSIGNMENTS, SCANS
@@ -74,9 +75,9 @@ class OnlineClusterer:
         self.pinned = version
         self._reload_lock = threading.Lock()  # the watcher and a reconfigure may both reload
         self._version = self._load(version or current_version(self.workdir))
-        stored = self.workdir.read_json(PREPROCESS_FILE)
+        stored = self.workdir.read_json(PREPROCESS)
         if stored is None:
-            raise ValueError(f"{self.workdir.root} has no {PREPROCESS_FILE}: not an ingested workdir")
+            raise ValueError(f"{self.workdir.root} has no {PREPROCESS}: not an ingested workdir")
         self.preprocess = PreprocessConfig(**stored)
         self.preprocessor = Preprocessor(self.preprocess)
         self._lock = threading.Lock()  # OCR engines and the encoder run one batch at a time

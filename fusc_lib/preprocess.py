@@ -16,6 +16,7 @@ import numpy as np
 
 from fusc_lib.config import PreprocessConfig
 from fusc_lib.inpaint import inpaint_text
+from fusc_lib.layout import PREPROCESS
 from fusc_lib.ocr import TextLine, make_engine
 from fusc_lib.ultrasound import crop_box, fan_mask
 from fusc_lib.views import load_vocabulary
@@ -96,7 +97,6 @@ class Preprocessor:
                              " | ".join(line.text for line in lines))
 
 
-PREPROCESS_FILE = "preprocess.json"
 _FIXED_PER_WORKDIR = ("image_size", "ocr_engine")  # change these and stored rows disagree
 
 
@@ -108,10 +108,10 @@ def workdir_preprocess(workdir: Workdir, requested: dict | None = None) -> Prepr
     OCR engine is refused with the reason, since stored and new rows would no longer match.
     """
     given = {key: value for key, value in (requested or {}).items() if value is not None}
-    stored = workdir.read_json(PREPROCESS_FILE)
+    stored = workdir.read_json(PREPROCESS)
     if stored is None:
         config = PreprocessConfig(**given)
-        workdir.write_json(config.model_dump(), PREPROCESS_FILE)
+        workdir.write_json(config.model_dump(), PREPROCESS)
         return config
     config = PreprocessConfig(**stored)
     conflicts = [f"{key}: workdir has {getattr(config, key)!r}, asked for {given[key]!r}"

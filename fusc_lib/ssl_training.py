@@ -20,10 +20,10 @@ from lightly.utils.scheduler import cosine_warmup_schedule
 
 from fusc_lib.artifacts import load_torch, save_torch
 from fusc_lib.config import SSLConfig
+from fusc_lib.layout import TRAINING_STATE
 from fusc_lib.models import SSLMethod, ViewMaker
 from fusc_lib.preprocess import decode_png
 
-STATE_FILE = "state.pt"
 LOSS_COLUMNS = ("epoch", "loss", "images_per_s", "seconds")
 
 
@@ -122,14 +122,14 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)
 
     def save(self, method: SSLMethod, optimizer: torch.optim.Optimizer, folder: str) -> None:
-        save_torch(f"{folder}/{STATE_FILE}", {"method": method.state_dict(),
+        save_torch(f"{folder}/{TRAINING_STATE}", {"method": method.state_dict(),
                                               "optimizer": optimizer.state_dict(),
                                               "epoch": self.epoch, "history": self.history})
 
     @classmethod
     def load(cls, method: SSLMethod, optimizer: torch.optim.Optimizer,
              folder: str) -> TrainingState:
-        saved = load_torch(f"{folder}/{STATE_FILE}")
+        saved = load_torch(f"{folder}/{TRAINING_STATE}")
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
         return cls(saved["epoch"], saved["history"])

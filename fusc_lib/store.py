@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from fusc_lib import artifacts
+from fusc_lib.layout import CLUSTER_MODELS, ENCODER_INFO, LANCEDB, SSL_RUNS
 from schemas.tables import (
     ASSIGNMENTS,
     EMBEDDING_KEY,
@@ -71,7 +72,7 @@ class Workdir:
 
     @property
     def lancedb_uri(self) -> str:
-        return self.path("lancedb")
+        return self.path(LANCEDB)
 
     @property
     def db(self) -> lancedb.DBConnection:
@@ -200,14 +201,14 @@ class Workdir:
         self._embeddings_migrated = True
 
     def ssl_run_dir(self, run: str) -> str:
-        return self.path("models", "ssl", run)
+        return self.path(*SSL_RUNS, run)
 
     def cluster_model_dir(self, version: str) -> str:
-        return self.path("models", "cluster", version)
+        return self.path(*CLUSTER_MODELS, version)
 
-    def ssl_runs(self, marker: str = "encoder.json") -> list[str]:
+    def ssl_runs(self, marker: str = ENCODER_INFO) -> list[str]:
         """Names of the SSL runs holding `marker` (what a finished run exports), oldest first."""
-        filesystem, root = pafs.FileSystem.from_uri(self.path("models", "ssl"))
+        filesystem, root = pafs.FileSystem.from_uri(self.path(*SSL_RUNS))
         runs = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
         configs = filesystem.get_file_info([f"{r.path}/{marker}" for r in runs
                                             if r.type == pafs.FileType.Directory])

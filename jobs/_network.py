@@ -8,17 +8,16 @@ import json
 
 from fusc_lib.artifacts import exists, read_bytes
 from fusc_lib.config import EmbedConfig, SSLConfig
-from fusc_lib.models.backbones import ENCODER_INFO
+from fusc_lib.layout import BACKBONE_WEIGHTS, ENCODER_INFO, SSL_CONFIG
 from fusc_lib.models.encoder import (
     PRETRAINED_PREFIX,
     PRETRAINED_SIZE,
-    WEIGHTS,
     embedding_key,
     is_trained,
 )
 from fusc_lib.store import Workdir
 from jobs.embed import run_embed
-from jobs.train_ssl import CONFIG_FILE, run_train_ssl
+from jobs.train_ssl import run_train_ssl
 
 
 def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
@@ -28,7 +27,7 @@ def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
         backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
         return backbone, "imagenet", int(size or PRETRAINED_SIZE)
     info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
-    return info["backbone"], f"{workdir.ssl_run_dir(model)}/{WEIGHTS}", info["input_size"]
+    return info["backbone"], f"{workdir.ssl_run_dir(model)}/{BACKBONE_WEIGHTS}", info["input_size"]
 
 
 def train_and_embed(workdir: Workdir, ssl: SSLConfig, views: int,
@@ -36,7 +35,7 @@ def train_and_embed(workdir: Workdir, ssl: SSLConfig, views: int,
     """Train network run `ssl` (a finished one is reused, a killed one resumed), then embed
     every scan with it over `views` views; returns that embedding's key."""
     if not is_trained(workdir, ssl.run):
-        resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{CONFIG_FILE}")
+        resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{SSL_CONFIG}")
         run_train_ssl(workdir, ssl, ray_address, resume=resume)
     run_embed(workdir, EmbedConfig(embedding=ssl.run, views=views, use_gpu=ssl.use_gpu),
               ray_address)

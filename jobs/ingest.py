@@ -18,6 +18,7 @@ import ray
 
 from fusc_lib.config import IngestConfig, PreprocessConfig
 from fusc_lib.ingest import ScanIngestor, split_output
+from fusc_lib.layout import ID_SALT, INGEST_CONFIG
 from fusc_lib.privacy import resolve_salt
 from fusc_lib.progress import progress_bar
 from fusc_lib.sources import Source, gather_sources
@@ -25,8 +26,6 @@ from fusc_lib.store import Workdir, utc_now
 from fusc_lib.table_appender import TableAppender
 from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import DUPLICATES, QUARANTINE, SCANS
-
-SALT_FILE = "id-salt.json"
 
 
 @dataclass
@@ -113,10 +112,10 @@ def pending_sources(workdir: Workdir, config: IngestConfig) -> tuple[list[Source
 
 
 def workdir_salt(workdir: Workdir) -> str:
-    stored = (workdir.read_json(SALT_FILE) or {}).get("salt")
+    stored = (workdir.read_json(ID_SALT) or {}).get("salt")
     salt = resolve_salt(stored)
     if stored is None:
-        workdir.write_json({"salt": salt}, SALT_FILE)
+        workdir.write_json({"salt": salt}, ID_SALT)
     return salt
 
 
@@ -128,7 +127,7 @@ def run_ingest(workdir: Workdir, config: IngestConfig, preprocess: PreprocessCon
     pending, summary.files_already_done = pending_sources(workdir, config)
     summary.files_found = len(pending) + summary.files_already_done
     if pending:
-        workdir.write_json(config.model_dump(), "runs", "ingest-config.json")
+        workdir.write_json(config.model_dump(), *INGEST_CONFIG)
         _stream_into_tables(workdir, config, preprocess, pending, summary, ray_address, started)
     summary.seconds = monotonic() - started
     return summary

@@ -27,6 +27,7 @@ from fusc_lib.config import (
 )
 from fusc_lib.diagnostics import site_nmi
 from fusc_lib.export import export_table, write_export
+from fusc_lib.layout import RUN_EXPORT, SSL_CONFIG
 from fusc_lib.ledger import StageLedger
 from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import embedding_key, is_trained
@@ -40,10 +41,9 @@ from jobs.ingest import run_ingest
 from jobs.neighbors import run_neighbors
 from jobs.self_label import run_self_label
 from jobs.sites import run_sites
-from jobs.train_ssl import CONFIG_FILE, run_train_ssl
+from jobs.train_ssl import run_train_ssl
 from schemas.tables import SCANS, SITES
 
-EXPORT_FILE = "assignments.csv"
 CLUSTER_OUTPUT = "cluster-output"  # stamp naming the model `fusc cluster` made, for self-label
 
 
@@ -110,7 +110,7 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
         stage("self-label", lambda: _self_label(workdir, config.self_label, ray_address),
               {"input": ledger.stamp(CLUSTER_OUTPUT), **config.self_label.model_dump()})
     stage("assign", lambda: _assign(workdir, summary, ray_address))
-    summary.export = workdir.path("exports", EXPORT_FILE)
+    summary.export = workdir.path(*RUN_EXPORT)
     stage("export", lambda: write_export(export_table(workdir), summary.export))
     return summary
 
@@ -157,7 +157,7 @@ def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str
 
 
 def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str:
-    resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{CONFIG_FILE}")
+    resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{SSL_CONFIG}")
     ssl = ssl.fitted_to(workdir.table(SCANS).count_rows())
     result = run_train_ssl(workdir, ssl, ray_address, resume=resume)
     return f"{result['epochs']} epochs, final loss {result['final_loss']}" + \

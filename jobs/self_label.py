@@ -32,8 +32,9 @@ from fusc_lib.clustering import (
 )
 from fusc_lib.clustering_space import ClusteringSpace, clustering_space
 from fusc_lib.config import SelfLabelConfig, SSLConfig
+from fusc_lib.layout import SELF_LABEL_START
 from fusc_lib.models.encoder import parse_embedding_key
-from fusc_lib.models.self_label_network import START_FILE, read_head, write_start
+from fusc_lib.models.self_label_network import read_head, write_start
 from fusc_lib.sites import SiteCentering
 from fusc_lib.store import Workdir
 from jobs._network import backbone_of, train_and_embed
@@ -123,7 +124,7 @@ def network_config(workdir: Workdir, config: SelfLabelConfig, start: ClusterMode
     return SSLConfig(profile="selflabel-network", run_name=run, method="selflabel",
                      backbone=backbone, init=init, image_size=size, epochs=config.network_epochs,
                      lr=config.network_lr, batch_size=config.network_batch_size, strength=1.0,
-                     selflabel_start=f"{workdir.ssl_run_dir(run)}/{START_FILE}",
+                     selflabel_start=f"{workdir.ssl_run_dir(run)}/{SELF_LABEL_START}",
                      selflabel_threshold=config.threshold, workers=config.workers,
                      use_gpu=config.use_gpu, seed=config.seed
                      ).fitted_to(workdir.table(SCANS).count_rows())

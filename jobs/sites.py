@@ -15,14 +15,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from fusc_lib.layout import SITE_MODEL
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.sites import SiteModel, resolve_sites, style_features
 from fusc_lib.store import Workdir
 from jobs.ray_runtime import connect
 from schemas.tables import SCANS, SITES
-
-SITE_MODEL = ("models", "sites", "site_model.json")
 
 
 @dataclass

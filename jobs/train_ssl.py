@@ -27,11 +27,10 @@ import ray.train.torch
 
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
 from fusc_lib.config import SSLConfig
+from fusc_lib.layout import ENCODER_INFO, LOSS_LOG, SSL_CONFIG, TRAINING_STATE
 from fusc_lib.models import create_backbone, create_method, create_views
-from fusc_lib.models.backbones import ENCODER_INFO
 from fusc_lib.models.self_label_network import read_start, site_indices
 from fusc_lib.ssl_training import (
-    STATE_FILE,
     Schedule,
     TrainingState,
     loss_csv,
@@ -44,8 +43,6 @@ from fusc_lib.store import Workdir, by_embedding, rows_by_id
 from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import NEIGHBORS, SCANS, SITES
 
-CONFIG_FILE = "config.json"
-LOSS_FILE = "loss.csv"
 _SHUFFLE_BATCHES = 4  # local shuffle buffer, in batches (rows hold augmented views: keep small)
 
 
@@ -85,10 +82,10 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset})
     started = time.monotonic()
-    with _ProgressPrinter(f"{folder}/{LOSS_FILE}"):
+    with _ProgressPrinter(f"{folder}/{LOSS_LOG}"):
         result = trainer.fit()
     _export_run(result.checkpoint, folder)
-    history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_FILE}"))
+    history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_LOG}"))
     return {"run": config.run, "run_dir": folder, "epochs": len(history),
             "final_loss": history[-1]["loss"] if history else None,
             "images_per_s": history[-1]["images_per_s"] if history else None,
@@ -155,17 +152,17 @@ def scans_with_site(batch: pa.Table, scans_uri: str, known: list[str]) -> pa.Tab
 def _run_config(workdir: Workdir, config: SSLConfig, resume: bool) -> SSLConfig:
     """The config of this run: the given one for a new run, the stored one when resuming."""
     folder = workdir.ssl_run_dir(config.run)
-    started = exists(f"{folder}/{CONFIG_FILE}")
+    started = exists(f"{folder}/{SSL_CONFIG}")
     if resume and not started:
         raise ValueError(f"nothing to resume: no run {config.run!r} in {folder}")
     if started and not resume:
         raise ValueError(f"run {config.run!r} exists in {folder}; pass --resume to continue it "
                          "or --run-name to start another")
     if resume:
-        stored = SSLConfig(**json.loads(read_bytes(f"{folder}/{CONFIG_FILE}")))
+        stored = SSLConfig(**json.loads(read_bytes(f"{folder}/{SSL_CONFIG}")))
         hardware = {"workers", "cpus_per_worker", "use_gpu"}
         return stored.model_copy(update=config.model_dump(include=hardware))
-    write_bytes(f"{folder}/{CONFIG_FILE}", config.model_dump_json(indent=2).encode())
+    write_bytes(f"{folder}/{SSL_CONFIG}", config.model_dump_json(indent=2).encode())
     return config
 
 
@@ -207,7 +204,7 @@ def _train_worker(loop: dict) -> None:
             saved = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None  # ray
             ray.train.report(stats.row(), checkpoint=saved)  # ray
         if rank == 0:  # after the checkpoint: a row in loss.csv means its epoch was saved
-            write_bytes(f"{loop['run_dir']}/{LOSS_FILE}", loss_csv(state.history))
+            write_bytes(f"{loop['run_dir']}/{LOSS_LOG}", loss_csv(state.history))
 
 
 def _export_run(checkpoint: ray.train.Checkpoint | None, folder: str) -> None:
@@ -216,7 +213,7 @@ def _export_run(checkpoint: ray.train.Checkpoint | None, folder: str) -> None:
     if checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
     with checkpoint.as_directory() as saved:
-        names = sorted(set(os.listdir(saved)) - {STATE_FILE, ENCODER_INFO}) + [ENCODER_INFO]
+        names = sorted(set(os.listdir(saved)) - {TRAINING_STATE, ENCODER_INFO}) + [ENCODER_INFO]
         for name in names:
             write_bytes(f"{folder}/{name}", read_bytes(f"{saved}/{name}"))
 

@@ -23,8 +23,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fusc_lib.cli import app
-from fusc_lib.cluster_model import CURRENT_FILE, ClusterModel, current_version
+from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.config import RunConfig
+from fusc_lib.layout import CURRENT_CLUSTER_MODEL
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.run import run_all
@@ -218,13 +219,13 @@ def test_a_new_current_model_is_served_without_a_restart(workdir, url):
             assert time.monotonic() < deadline, f"still not serving {version}"
             time.sleep(0.5)
 
-    store.write_json({"version": other}, "models", "cluster", CURRENT_FILE)
+    store.write_json({"version": other}, *CURRENT_CLUSTER_MODEL)
     try:
         wait_for(other)
         png = sorted(archive.glob("*.png"))[0].read_bytes()
         assert _post(url, "/v1/cluster", png).json()["model_version"] == other
     finally:
-        store.write_json({"version": served}, "models", "cluster", CURRENT_FILE)
+        store.write_json({"version": served}, *CURRENT_CLUSTER_MODEL)
     wait_for(served)
 
 

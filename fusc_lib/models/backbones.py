@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from fusc_lib.artifacts import load_torch
+from fusc_lib.layout import ENCODER_INFO
 
 RANDOM = "random"
 IMAGENET = "imagenet"
-# Next to a state-dict file, the normalisation its weights expect (written by `fusc train-ssl`).
-ENCODER_INFO = "encoder.json"
 
 
 @dataclass(frozen=True)

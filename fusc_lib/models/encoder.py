@@ -19,10 +19,10 @@ from torch import nn
 from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.config import EmbedConfig, default_of
-from fusc_lib.models.backbones import ENCODER_INFO, IMAGENET, RANDOM, Backbone, create_backbone
+from fusc_lib.layout import BACKBONE_WEIGHTS, ENCODER_INFO
+from fusc_lib.models.backbones import IMAGENET, RANDOM, Backbone, create_backbone
 from fusc_lib.store import Workdir
 
-WEIGHTS = "backbone.pt"
 # Model names: an SSL run of the workdir, or pretrained:<timm name>[@<input size>] (ImageNet).
 PRETRAINED_PREFIX = "pretrained:"
 PRETRAINED_SIZE = default_of(EmbedConfig, "input_size")  # the size a name without @ means
@@ -84,7 +84,7 @@ class Encoder(nn.Module):
 
 def save_encoder(backbone: Backbone, input_size: int, run_dir: str) -> None:
     """Write backbone.pt (a plain state dict of the timm model) and encoder.json to `run_dir`."""
-    save_torch(f"{run_dir}/{WEIGHTS}", backbone.net.state_dict())
+    save_torch(f"{run_dir}/{BACKBONE_WEIGHTS}", backbone.net.state_dict())
     info = {"backbone": backbone.name, "input_size": input_size,
             "mean": list(backbone.mean), "std": list(backbone.std)}
     write_bytes(f"{run_dir}/{ENCODER_INFO}", json.dumps(info, indent=2).encode())
@@ -99,7 +99,7 @@ def load_encoder(run_dir: str, device: str = "cpu") -> Encoder:
     """The encoder a `fusc train-ssl` run produced (local folder or URI), in eval mode."""
     info = json.loads(read_bytes(f"{run_dir}/{ENCODER_INFO}"))
     backbone = create_backbone(info["backbone"], RANDOM, info["input_size"])
-    backbone.net.load_state_dict(load_torch(f"{run_dir}/{WEIGHTS}"))
+    backbone.net.load_state_dict(load_torch(f"{run_dir}/{BACKBONE_WEIGHTS}"))
     trained = Backbone(info["backbone"], backbone.net, tuple(info["mean"]), tuple(info["std"]))
     return Encoder(trained, info["input_size"]).to(device)
 

@@ -20,13 +20,12 @@ from torch import nn
 from fusc_lib.artifacts import load_torch, save_torch
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.config import SSLConfig
+from fusc_lib.layout import HEAD_WEIGHTS
 from fusc_lib.losses import confidence_ce_loss
 from fusc_lib.models.backbones import Backbone
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
 from fusc_lib.sites import SiteCentering
 
-START_FILE = "start.pt"  # the head and site means a run starts from (written by the job)
-HEAD_FILE = "head.pt"  # the trained head, exported next to backbone.pt
 # A predicted cluster with no confident member in a batch lends its most probable one, so an
 # unsure cluster is still taught and not emptied (the frozen stage lends 5 over all scans).
 LENT_PER_BATCH = 1
@@ -54,7 +53,7 @@ def site_indices(sites: list[str], known: list[str]) -> np.ndarray:
 
 def read_head(run_dir: str) -> dict[str, torch.Tensor]:
     """The trained head of a finished run: {"weight", "bias"}."""
-    return load_torch(f"{run_dir}/{HEAD_FILE}")
+    return load_torch(f"{run_dir}/{HEAD_WEIGHTS}")
 
 
 class SelfLabelNetwork(SSLMethod):
@@ -92,7 +91,7 @@ class SelfLabelNetwork(SSLMethod):
 
     def export(self, folder: str, image_size: int) -> None:
         super().export(folder, image_size)
-        save_torch(f"{folder}/{HEAD_FILE}", {"weight": self.head.weight.detach().cpu(),
+        save_torch(f"{folder}/{HEAD_WEIGHTS}", {"weight": self.head.weight.detach().cpu(),
                                              "bias": self.head.bias.detach().cpu()})
 
 

@@ -1,0 +1,40 @@
+"""Where every artifact of a workdir lives: the one module that names its files and folders.
+
+    <workdir>/
+      lancedb/                          the tables (schemas/tables.py)
+      preprocess.json                   how frames are prepared, fixed by the first ingest
+      id-salt.json                      the salt of patient and study hashes
+      runs/ingest-config.json           the options of the last ingest
+      stages/<stage>.json               `fusc run`'s ledger (fusc_lib/ledger.py)
+      models/ssl/<run>/                 encoder.json, backbone.pt, config.json, loss.csv;
+                                        self-label runs also start.pt and head.pt
+      models/cluster/<version>/         model.json, head.pt; models/cluster/current.json
+      models/sites/site_model.json      the style groups `fusc sites` inferred
+      exports/assignments.csv           what `fusc run` exports
+
+`Workdir` (fusc_lib/store.py) joins these to its root; code inside a model folder (encoders,
+heads, training state) joins the file names below to the folder it is given.
+"""
+
+from __future__ import annotations
+
+LANCEDB = "lancedb"
+PREPROCESS = "preprocess.json"
+ID_SALT = "id-salt.json"
+INGEST_CONFIG = ("runs", "ingest-config.json")
+STAGES = "stages"
+SSL_RUNS = ("models", "ssl")
+CLUSTER_MODELS = ("models", "cluster")
+CURRENT_CLUSTER_MODEL = (*CLUSTER_MODELS, "current.json")
+SITE_MODEL = ("models", "sites", "site_model.json")
+RUN_EXPORT = ("exports", "assignments.csv")
+
+# Files inside a model folder.
+ENCODER_INFO = "encoder.json"  # backbone name, input size, normalisation
+BACKBONE_WEIGHTS = "backbone.pt"  # state dict of the timm backbone
+HEAD_WEIGHTS = "head.pt"  # cluster head: {"weight", "bias"}
+SELF_LABEL_START = "start.pt"  # head and site means a network self-label run starts from
+SSL_CONFIG = "config.json"  # every option of an SSL run
+LOSS_LOG = "loss.csv"  # epoch, loss, images/s
+TRAINING_STATE = "state.pt"  # model + optimizer inside a Ray Train checkpoint
+CLUSTER_MODEL_INFO = "model.json"  # a cluster model's version, embedding, head, sites
