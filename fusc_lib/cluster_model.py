@@ -27,7 +27,7 @@ from fusc_lib.store import Workdir
 @dataclass
 class ClusterModel:
     version: str
-    embedding: str  # embeddings.model_run the head reads (`<ssl run>[~views<n>]`)
+    embedding: str  # the embedding key the head reads (`<ssl run>[~views<n>]`)
     centering: SiteCentering
     site_model: SiteModel | None  # None when every training scan had a named site
     head: ClusterResult

@@ -23,7 +23,7 @@ ClusterModelVersion = Annotated[str | None, Field(
     description="Cluster model version under <workdir>/models/cluster/. Default: the current "
                 "one.")]
 EmbeddingKey = Annotated[str | None, Field(
-    description="Embedding to use, as `fusc embed` printed it (embeddings.model_run). "
+    description="Embedding to use, as `fusc embed` printed it (its embedding key). "
                 "Default: the one embedded last.")]
 
 
@@ -218,7 +218,7 @@ class SSLConfig(BaseModel):
                             description="fusc: heads trained together.")
     entropy_weight: float = Field(default_of(ClusterConfig, "entropy_weight"), ge=0,
                                   description="fusc: λ of the entropy term.")
-    neighbors_of: str | None = Field(None, description="fusc: embeddings.model_run whose mined "
+    neighbors_of: str | None = Field(None, description="fusc: the embedding key whose mined "
                                                        "neighbours pair the scans.")
     selflabel_start: str | None = Field(None, description="selflabel: the file with the head "
                                         "and site means to start from (written by the job).")

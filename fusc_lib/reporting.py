@@ -54,7 +54,7 @@ def ingest_summary(summary, lancedb_uri: str) -> None:
 
 
 def embedded(summary) -> None:
-    say(f"model {summary.model_run}: {summary.embedded} scans embedded, "
+    say(f"model {summary.embedding_key}: {summary.embedded} scans embedded, "
         f"{summary.already_done} already had a vector ({summary.seconds:.1f} s)"
         + ("; vector index built" if summary.indexed else ""))
 

@@ -41,10 +41,23 @@ def rows_by_id(table_uri: str, image_ids: list[str], columns: list[str]) -> pa.T
                                              filter=pc.field("image_id").isin(image_ids))
 
 
+# Columns renamed since a release: old name -> name today.
+RENAMED_COLUMNS = {NEIGHBORS: {"model_run": "embedding_key"}}
+
+
+def _with_current_names(table: lancedb.table.Table) -> lancedb.table.Table:
+    old_names = RENAMED_COLUMNS.get(table.name, {})
+    renames = [{"path": old, "rename": new} for old, new in old_names.items()
+               if old in table.schema.names]
+    if renames:
+        table.alter_columns(*renames)
+    return table
+
+
 def by_embedding(embedding_key: str) -> pc.Expression:
     """The filter of rows made for one embedding key (`neighbors`; also for Ray Data's
     `read_lance(filter=...)`, which passes it to Lance as is)."""
-    return pc.field("model_run") == embedding_key
+    return pc.field("embedding_key") == embedding_key
 
 
 def utc_now() -> datetime:
@@ -82,9 +95,10 @@ class Workdir:
 
     def table(self, name: str) -> lancedb.table.Table:
         """Open a table, creating it empty the first time with its schema from `schemas/`
-        (embeddings: `embeddings_table`)."""
+        (embeddings: `embeddings_table`). Columns an older workdir named otherwise are renamed
+        on first open (`RENAMED_COLUMNS`)."""
         if self.has_table(name):
-            return self.db.open_table(name)
+            return _with_current_names(self.db.open_table(name))
         return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
 
     def has_table(self, name: str) -> bool:
@@ -182,8 +196,8 @@ class Workdir:
             _add(self.embeddings_table(key, rows.schema.field("vector").type.list_size), rows)
 
     def _migrate_embeddings(self) -> None:
-        """Split the single `embeddings` table of an older workdir by `model_run` into the
-        per-key tables, then drop it. Checked once per Workdir; a killed migration is redone
+        """Split the single `embeddings` table of an older workdir by its `model_run` column
+        (today's `embedding_key`) into the per-key tables, then drop it. Checked once per Workdir; a killed migration is redone
         whole on the next call (the per-key tables are overwritten while the old one exists)."""
         if self._embeddings_migrated:
             return
@@ -192,11 +206,13 @@ class Workdir:
             dim = legacy.schema.field("vector").type.list_size
             for key in pc.unique(legacy.to_table(columns=["model_run"])["model_run"]).to_pylist():
                 schema = embeddings_schema(dim, key)
-                batches = legacy.to_batches(columns=schema.names,
+                batches = legacy.to_batches(columns=["image_id", "model_run", "vector",
+                                                     "embedded_at"],
                                             filter=pc.field("model_run") == key)
                 self.db.create_table(embeddings_table_name(key), mode="overwrite",
-                                     data=pa.RecordBatchReader.from_batches(
-                                         schema, (batch.cast(schema) for batch in batches)))
+                                     data=pa.RecordBatchReader.from_batches(schema, (
+                                         b.rename_columns(schema.names).cast(schema)
+                                         for b in batches)))
             self.db.drop_table(LEGACY_EMBEDDINGS)
         self._embeddings_migrated = True
 

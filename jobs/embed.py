@@ -35,7 +35,7 @@ from schemas.tables import SCANS, embeddings_schema
 
 @dataclass
 class EmbedSummary:
-    model_run: str  # the embedding key: model, with ~views<n> when averaged
+    embedding_key: str  # model, with ~views<n> when averaged
     embedded: int = 0
     already_done: int = 0
     seconds: float = 0.0
@@ -86,7 +86,7 @@ def embedding_rows(image_ids: pa.ChunkedArray, key: str, vectors: np.ndarray) ->
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
     return pa.table({
         "image_id": image_ids,
-        "model_run": pa.array([key] * len(vectors), pa.string()),
+        "embedding_key": pa.array([key] * len(vectors), pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
         "embedded_at": pa.array([utc_now()] * len(vectors), pa.timestamp("ms", tz="UTC")),
     }, schema=embeddings_schema(dim, key))
@@ -103,14 +103,14 @@ def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = N
     started = monotonic()
     model = resolve_model(workdir, config.embedding, config.input_size)
     summary = EmbedSummary(embedding_key(model, config.views))
-    done = embedded_ids(workdir, summary.model_run)
+    done = embedded_ids(workdir, summary.embedding_key)
     all_ids = workdir.column(SCANS, "image_id")
     pending = all_ids.filter(pc.invert(pc.is_in(all_ids, value_set=pa.array(list(done), pa.string()))))
     summary.already_done = len(all_ids) - len(pending)
     if len(pending):
         connect(ray_address)
         _stream_vectors(workdir, config, model, pending, summary, started)
-        summary.indexed = ensure_vector_index(workdir, summary.model_run, config.index_min_rows)
+        summary.indexed = ensure_vector_index(workdir, summary.embedding_key, config.index_min_rows)
     summary.seconds = monotonic() - started
     return summary
 
@@ -130,7 +130,7 @@ def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
                             num_gpus=1 if config.use_gpu else 0,
                             num_cpus=0 if config.use_gpu else 1,
                             compute=ray.data.ActorPoolStrategy(size=workers)))
-    sink = TableAppender(partial(workdir.append_embeddings, summary.model_run), config.commit_rows)
+    sink = TableAppender(partial(workdir.append_embeddings, summary.embedding_key), config.commit_rows)
     with progress_bar("embed", total=len(pending), unit="scans") as advance:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             summary.startup_seconds = summary.startup_seconds or monotonic() - started

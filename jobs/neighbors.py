@@ -39,12 +39,12 @@ def run_neighbors(workdir: Workdir, config: NeighborsConfig) -> NeighborsSummary
     ids = np.asarray(space.image_ids, dtype=object)
     rows = pa.table({
         "image_id": pa.array(space.image_ids, pa.string()),
-        "model_run": pa.array([embedding] * len(ids), pa.string()),
+        "embedding_key": pa.array([embedding] * len(ids), pa.string()),
         "neighbor_ids": pa.array(ids[indices].tolist(), pa.list_(pa.string())),
         "similarities": pa.array(similarities.tolist(), pa.list_(pa.float32())),
     })
     if workdir.has_table(NEIGHBORS):
-        workdir.delete_where(NEIGHBORS, "model_run", [embedding])
+        workdir.delete_where(NEIGHBORS, "embedding_key", [embedding])
     workdir.append(NEIGHBORS, rows)
     return NeighborsSummary(embedding, len(ids), k,
                             choose_index(len(ids), use_gpu=use_gpu).describe(),

@@ -70,7 +70,7 @@ SITES_SCHEMA = pa.schema([
 # The k nearest neighbours of each scan in the clustering space of one embedding model.
 NEIGHBORS_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),
-    pa.field("model_run", pa.string(), nullable=False),
+    pa.field("embedding_key", pa.string(), nullable=False),
     pa.field("neighbor_ids", pa.list_(pa.string()), nullable=False),  # best first
     pa.field("similarities", pa.list_(pa.float32()), nullable=False),  # cosine
 ])
@@ -101,7 +101,7 @@ def embeddings_schema(dim: int, key: str) -> pa.Schema:
     the key); every vector `dim` wide."""
     return pa.schema([
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("model_run", pa.string(), nullable=False),  # the key, on every row
+        pa.field("embedding_key", pa.string(), nullable=False),  # the key, on every row
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
         pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     ], metadata={EMBEDDING_KEY: key.encode()})

@@ -42,7 +42,7 @@ def test_one_unit_vector_per_scan_and_rerun_adds_nothing(scans_workdir, data_dir
     store, folder = scans_workdir
     config = EmbedConfig(embedding=MODEL, input_size=64, batch_size=5, commit_rows=4)
     summary = run_embed(store, config)
-    ids, vectors = _vectors(store, summary.model_run)
+    ids, vectors = _vectors(store, summary.embedding_key)
     assert summary.embedded == len(ids) == len(set(ids)) == 12
     assert np.isfinite(vectors).all()
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
@@ -54,12 +54,12 @@ def test_one_unit_vector_per_scan_and_rerun_adds_nothing(scans_workdir, data_dir
     run_ingest(store, IngestConfig(paths=[str(folder)]), workdir_preprocess(store))
     again = run_embed(store, config)
     assert (again.embedded, again.already_done) == (3, 12)
-    assert len(set(_vectors(store, summary.model_run)[0])) == 15
+    assert len(set(_vectors(store, summary.embedding_key)[0])) == 15
 
 
 def test_vector_index_is_built_only_when_the_table_is_large(scans_workdir):
     store, _ = scans_workdir
-    key = run_embed(store, EmbedConfig(embedding=MODEL, input_size=64)).model_run
+    key = run_embed(store, EmbedConfig(embedding=MODEL, input_size=64)).embedding_key
     assert not ensure_vector_index(store, key, min_rows=100_000)
     # Over the threshold the IVF-PQ index is built (tiny sizes: one partition).
     table = store.embeddings_table(key)
@@ -84,11 +84,11 @@ def test_view_averaged_embeddings_are_keyed_by_views_and_reproducible(scans_work
 
     store, _ = scans_workdir
     summary = run_embed(store, EmbedConfig(embedding=MODEL, input_size=48, views=3))
-    assert summary.model_run == f"{MODEL}@48~views3" and summary.embedded == 12
-    model, views = parse_embedding_key(summary.model_run)
+    assert summary.embedding_key == f"{MODEL}@48~views3" and summary.embedded == 12
+    model, views = parse_embedding_key(summary.embedding_key)
     encoder = model_encoder(store, model)
     assert (encoder.input_size, views) == (48, 3)
-    ids, vectors = _vectors(store, summary.model_run)
+    ids, vectors = _vectors(store, summary.embedding_key)
     scans = store.scans(["image_id", "image"])
     image = dict(zip(scans.column("image_id").to_pylist(), scans.column("image").to_pylist()))
     again = encoder.embed([decode_png(image[i]) for i in ids[:4]], ids[:4], views)
@@ -107,7 +107,7 @@ def test_models_of_different_widths_share_one_workdir(scans_workdir):
 
     store, _ = scans_workdir
     save_encoder(create_backbone("resnet18", RANDOM), 64, store.ssl_run_dir("resnet18-random"))
-    keys = [run_embed(store, EmbedConfig(embedding=model, input_size=64)).model_run
+    keys = [run_embed(store, EmbedConfig(embedding=model, input_size=64)).embedding_key
             for model in (MODEL, "resnet18-random")]
     assert store.embedding_keys() == sorted(keys) and latest_embedding(store) == keys[-1]
     run_sites(store)
@@ -131,12 +131,13 @@ def test_each_embedding_key_has_its_own_valid_table_name():
 
 def test_an_old_single_embeddings_table_is_split_per_key(tmp_path):
     """A workdir made before per-key tables holds every key in one `embeddings` table: on first
-    use it is split by model_run into the per-key tables, and dropped."""
+    use it is split by its model_run column into the per-key tables, and dropped."""
     rng = np.random.default_rng(0)
     vectors = {"run-a": rng.normal(size=(5, 8)), "run-a~views20": rng.normal(size=(3, 8))}
     old = pa.concat_tables(
         embedding_rows(pa.array([f"{key}-{i}" for i in range(len(v))]), key, v)
         .replace_schema_metadata() for key, v in vectors.items())
+    old = old.rename_columns(["image_id", "model_run", "vector", "embedded_at"])  # as then
     Workdir(str(tmp_path)).db.create_table(LEGACY_EMBEDDINGS, old)
     store = Workdir(str(tmp_path))
     assert store.embedding_keys() == sorted(vectors)

@@ -28,7 +28,7 @@ def store(tmp_path) -> Workdir:
         "probabilities": pa.array([[0.9, 0.1]] * 3, pa.list_(pa.float32())),
         "model_version": [AWKWARD, AWKWARD, "v2"], "assigned_at": [now] * 3}))
     store.append(NEIGHBORS, pa.table({
-        "image_id": ["a", "b"], "model_run": [AWKWARD, "other"],
+        "image_id": ["a", "b"], "embedding_key": [AWKWARD, "other"],
         "neighbor_ids": [["b"], ["a"]], "similarities": pa.array([[0.5], [0.5]],
                                                                   pa.list_(pa.float32()))}))
     return store
@@ -62,3 +62,12 @@ def test_torch_state_round_trips_through_bytes(tmp_path):
     loaded = load_torch(str(tmp_path / "models" / "head.pt"))
     assert torch.equal(loaded["weight"], state["weight"])
     assert loaded["sites"] == ["a", "b"] and loaded["history"] == [{"loss": 1.5}]
+
+
+def test_an_older_neighbors_table_gets_todays_column_names(tmp_path):
+    old = pa.table({"image_id": ["a"], "model_run": ["k"], "neighbor_ids": [["b"]],
+                    "similarities": pa.array([[0.5]], pa.list_(pa.float32()))})
+    Workdir(str(tmp_path / "w")).db.create_table(NEIGHBORS, old)
+    store = Workdir(str(tmp_path / "w"))
+    assert store.neighbors("k", ["image_id", "embedding_key"]).to_pydict() == {
+        "image_id": ["a"], "embedding_key": ["k"]}

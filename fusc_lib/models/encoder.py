@@ -125,7 +125,7 @@ def model_encoder(workdir: Workdir, model: str, device: str = "cpu") -> Encoder:
 
 
 def embedding_key(model: str, views: int) -> str:
-    """The `model_run` of the embeddings of `model` averaged over `views` views."""
+    """The embedding key of the embeddings of `model` averaged over `views` views."""
     return model if views == 1 else f"{model}{VIEWS_MARK}{views}"
 
 
