@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
-from fusc_lib.clustering import ClusterResult
+from fusc_lib.clustering import TrainedHead
 from fusc_lib.layout import CLUSTER_MODEL_INFO, CURRENT_CLUSTER_MODEL, HEAD_WEIGHTS
 from fusc_lib.sites import SiteCentering, SiteModel
 from fusc_lib.store import Workdir
@@ -30,7 +30,7 @@ class ClusterModel:
     embedding: str  # the embedding key the head reads (`<ssl run>[~views<n>]`)
     centering: SiteCentering
     site_model: SiteModel | None  # None when every training scan had a named site
-    head: ClusterResult
+    head: TrainedHead
     names: dict[int, str | None] = field(default_factory=dict)
     notes: dict = field(default_factory=dict)  # stage records: self-label outcome, sizes, ...
 
@@ -66,7 +66,7 @@ class ClusterModel:
         meta = json.loads(read_bytes(f"{folder}/{CLUSTER_MODEL_INFO}"))
         state = load_torch(f"{folder}/{HEAD_WEIGHTS}")
         n = state["weight"].shape[0]
-        head = ClusterResult.from_state({**state, "probabilities": torch.empty(0, n)},
+        head = TrainedHead.from_state({**state, "probabilities": torch.empty(0, n)},
                                         meta["head"])
         return cls(version=meta["version"], embedding=meta["embedding"],
                    centering=SiteCentering.from_dict(meta["centering"]),

@@ -33,9 +33,9 @@ class HeadLoss:
 
 
 @dataclass
-class ClusterResult:
-    """The kept head (weights), its probabilities on the training vectors, and how every head
-    scored; `state_dict()` + `metadata()` (JSON) round-trip through `from_state`."""
+class TrainedHead:
+    """A trained cluster head: the head kept among those trained together (its weights), its
+    probabilities on the training vectors, and how every head scored; `state_dict()` + `metadata()` (JSON) round-trip through `from_state`."""
 
     weight: torch.Tensor  # (C, D)
     bias: torch.Tensor  # (C,)
@@ -68,7 +68,7 @@ class ClusterResult:
         return json.dumps(self.metadata(), indent=2)
 
     @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor], metadata: dict | str) -> ClusterResult:
+    def from_state(cls, state: dict[str, torch.Tensor], metadata: dict | str) -> TrainedHead:
         meta = json.loads(metadata) if isinstance(metadata, str) else metadata
         return cls(weight=state["weight"], bias=state["bias"],
                    probabilities=state["probabilities"], head_index=meta["head_index"],
@@ -91,7 +91,7 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
                         epochs: int = default_of(ClusterConfig, "epochs"),
                         batch_size: int = default_of(ClusterConfig, "batch_size"),
                         lr: float = default_of(ClusterConfig, "lr"), weight_decay: float = 1e-4,
-                        seed: int = 0) -> ClusterResult:
+                        seed: int = 0) -> TrainedHead:
     """Train `n_heads` linear heads with Adam on the FUSC loss and keep the lowest-loss one.
 
     Every epoch pairs each anchor with one of its k neighbours drawn at random (SCAN's
@@ -111,7 +111,7 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
     config = {"n_heads": n_heads, "entropy_weight": entropy_weight, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
               "k": neighbors.shape[1]}
-    return ClusterResult(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
+    return TrainedHead(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
                          probabilities=F.softmax(_eval(model, x)[kept], dim=1), head_index=kept,
                          head_losses=losses, config=config)
 
@@ -175,7 +175,7 @@ class ClusterHealth:
 class SelfLabelOutcome:
     """`result` is the self-labeled head when `accepted`, else the input result itself."""
 
-    result: ClusterResult
+    result: TrainedHead
     accepted: bool
     reasons: list[str]  # why it was rejected; empty when accepted
     before: ClusterHealth
@@ -183,7 +183,7 @@ class SelfLabelOutcome:
     label_stability: float  # share of the first confident set that kept its cluster
 
 
-def self_label(vectors: np.ndarray, start: ClusterResult, neighbor_indices: np.ndarray, *,
+def self_label(vectors: np.ndarray, start: TrainedHead, neighbor_indices: np.ndarray, *,
                threshold: float = default_of(SelfLabelConfig, "threshold"),
                epochs: int = default_of(SelfLabelConfig, "epochs"),
                batch_size: int = default_of(SelfLabelConfig, "batch_size"),
@@ -227,7 +227,7 @@ def self_label(vectors: np.ndarray, start: ClusterResult, neighbor_indices: np.n
                             min_stability=min_stability)
 
 
-def judge_self_label(start: ClusterResult, weight: torch.Tensor, bias: torch.Tensor,
+def judge_self_label(start: TrainedHead, weight: torch.Tensor, bias: torch.Tensor,
                      probabilities: torch.Tensor, neighbor_indices: np.ndarray,
                      settings: dict, *, threshold: float, min_per_cluster: int = 5,
                      loss_tolerance: float = 0.05, min_stability: float = 0.9
@@ -240,7 +240,7 @@ def judge_self_label(start: ClusterResult, weight: torch.Tensor, bias: torch.Ten
     neighbors = torch.as_tensor(neighbor_indices, dtype=torch.long)
     entropy_weight = start.config.get("entropy_weight",
                                       default_of(ClusterConfig, "entropy_weight"))
-    result = ClusterResult(weight=weight, bias=bias, probabilities=probabilities,
+    result = TrainedHead(weight=weight, bias=bias, probabilities=probabilities,
                            head_index=start.head_index,
                            head_losses=[head_loss(probabilities, neighbors, entropy_weight)],
                            config={**start.config, "self_label": settings})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusc_lib.clustering import ClusterResult, self_label, train_cluster_heads
+from fusc_lib.clustering import TrainedHead, self_label, train_cluster_heads
 from fusc_lib.metrics import hungarian_accuracy
 from fusc_lib.models.cluster_head import MultiHead, best_head
 from fusc_lib.neighbors import mine_neighbors
@@ -43,7 +43,7 @@ def test_heads_recover_well_separated_blobs(four_blobs):
 
 def test_result_round_trips_through_state_dict_and_json(four_blobs):
     result = four_blobs[3]
-    again = ClusterResult.from_state(result.state_dict(), result.to_json())
+    again = TrainedHead.from_state(result.state_dict(), result.to_json())
     assert again.head_index == result.head_index and again.head_losses == result.head_losses
     assert torch.equal(again.weight, result.weight)
     assert (again.assignments == result.assignments).all()
@@ -75,7 +75,7 @@ def test_self_label_guard_keeps_the_input_when_the_result_is_worse(four_blobs):
 
 def test_a_cluster_without_confident_samples_is_not_emptied(four_blobs):
     x, _, neighbors, result = four_blobs
-    unsure = ClusterResult.from_state(result.state_dict(), result.metadata())
+    unsure = TrainedHead.from_state(result.state_dict(), result.metadata())
     cluster = int(unsure.assignments[0])
     unsure.weight = unsure.weight.clone()
     unsure.weight[cluster] *= 0.3  # that cluster's members are now far below 0.99
