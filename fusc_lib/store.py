@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from fusc_lib import artifacts
+from fusc_lib.config import DEFAULT_WORKDIR
 from fusc_lib.layout import CLUSTER_MODELS, ENCODER_INFO, LANCEDB, SSL_RUNS
 from schemas.tables import (
     ASSIGNMENTS,
@@ -31,8 +32,6 @@ from schemas.tables import (
     embeddings_schema,
     embeddings_table_name,
 )
-
-DEFAULT_WORKDIR = "./fusc-work"
 
 
 def rows_by_id(table_uri: str, image_ids: list[str], columns: list[str]) -> pa.Table:

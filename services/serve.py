@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 
-from fusc_lib.store import DEFAULT_WORKDIR, Workdir
+from fusc_lib.config import DEFAULT_WORKDIR
+from fusc_lib.store import Workdir
 from services.auth import TOKEN_ENV, digest
 from services.deployment import ClusterService, ServiceConfig
 
