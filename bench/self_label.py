@@ -24,7 +24,7 @@ from fusc_lib.diagnostics import clustering_scores, labels_of, read_labels
 from fusc_lib.store import Workdir
 from jobs.cluster import run_cluster
 from jobs.neighbors import run_neighbors
-from jobs.self_label import run_self_label
+from jobs.run import self_label_flow
 
 
 def scores(workdir: Workdir, version: str, labels: dict) -> dict[str, float]:
@@ -43,8 +43,8 @@ def one_seed(workdir: Workdir, embedding: str, labels: dict, clusters: int, seed
     results = {"FUSC heads (input)": scores(workdir, start, labels)}
     for mode in ("frozen", "network"):
         started = time.monotonic()
-        outcome = run_self_label(workdir, SelfLabelConfig(cluster_model=start, mode=mode, seed=seed,
-                                                          network_epochs=network_epochs))
+        outcome = self_label_flow(workdir, SelfLabelConfig(cluster_model=start, mode=mode, seed=seed,
+                                                           network_epochs=network_epochs))
         results[f"+ self-label, {mode}"] = {**scores(workdir, outcome.written, labels),
                                             "minutes": (time.monotonic() - started) / 60,
                                             "accepted": float(outcome.accepted)}

@@ -226,10 +226,10 @@ def cluster(
     --mode network the backbone is fine-tuned with the heads first and the scans re-embedded.
     """
     from fusc_lib.store import Workdir
-    from jobs.cluster import run_cluster
+    from jobs.run import cluster_flow
 
     with user_errors():
-        summary = run_cluster(Workdir(workdir), settings(ClusterConfig, locals()), ray_address)
+        summary = cluster_flow(Workdir(workdir), settings(ClusterConfig, locals()), ray_address)
     reporting.clustered(summary)
 
 
@@ -254,11 +254,11 @@ def self_label(
     network the backbone learns too, and the scans are re-embedded with it.
     """
     from fusc_lib.store import Workdir
-    from jobs.self_label import run_self_label
+    from jobs.run import self_label_flow
 
     with user_errors():
         config = settings(SelfLabelConfig, locals(), cluster_model=cluster_model or model)
-        summary = run_self_label(Workdir(workdir), config, ray_address)
+        summary = self_label_flow(Workdir(workdir), config, ray_address)
     reporting.self_labeled(summary)
 
 
@@ -276,10 +276,10 @@ def assign(
     a named site, put in the style group the model's saved site model gives them.
     """
     from fusc_lib.store import Workdir
-    from jobs.assign import run_assign
+    from jobs.run import assign_flow
 
     with user_errors():
-        summary = run_assign(Workdir(workdir), cluster_model or model, ray_address)
+        summary = assign_flow(Workdir(workdir), cluster_model or model, ray_address)
     reporting.assigned(summary)
 
 

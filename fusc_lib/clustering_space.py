@@ -1,4 +1,5 @@
-"""The clustering space the stages after `fusc sites` share: embeddings centred per site.
+"""The clustering space the stages after `fusc sites` share: embeddings centred per site,
+and the neighbours mined in it (`load_neighbors`).
 
 Loaded on the driver as one matrix: stages 2–3 train on all vectors together (1M × 1280
 float32 is 5 GB; the neighbour search is the larger cost, see bench/neighbors.py).
@@ -62,4 +63,16 @@ def clustering_space(workdir: Workdir, embedding: str) -> ClusteringSpace:
     sites = load_sites(workdir, image_ids)
     centering = SiteCentering.fit(raw, sites)
     return ClusteringSpace(image_ids, raw, sites, centering, centering.apply(raw, sites))
+
+
+def load_neighbors(workdir: Workdir, embedding: str, image_ids: list[str]) -> np.ndarray:
+    """(N, k) row numbers into `image_ids` of each scan's neighbours, from the `neighbors`
+    table (`fusc neighbors` mines them in this space)."""
+    table = workdir.neighbors(embedding, ["image_id", "neighbor_ids"])
+    rows = dict(zip(table.column("image_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
+    if set(rows) != set(image_ids):
+        raise ValueError(f"the neighbours of {embedding!r} are not those of its current "
+                         "embeddings: run `fusc neighbors` again")
+    index = {image_id: row for row, image_id in enumerate(image_ids)}
+    return np.asarray([[index[n] for n in rows[i]] for i in image_ids], dtype=np.int64)
 

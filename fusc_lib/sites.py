@@ -23,6 +23,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from fusc_lib.augment import fan_area
+from fusc_lib.layout import SITE_MODEL
+from fusc_lib.store import Workdir
 
 HISTOGRAM_BINS = 16
 MAX_SITES = 10
@@ -79,6 +81,12 @@ class SiteModel:
     def from_dict(cls, data: dict) -> SiteModel:
         return cls(list(data["columns"]), *(np.asarray(data[key], dtype=np.float64)
                                             for key in ("mean", "scale", "centroids")))
+
+
+def load_site_model(workdir: Workdir) -> SiteModel | None:
+    """The style-group model `fusc sites` saved; None when every scan had a named site."""
+    saved = workdir.read_json(*SITE_MODEL)
+    return SiteModel.from_dict(saved) if saved else None
 
 
 def fit_site_model(features: np.ndarray, *, max_sites: int = MAX_SITES, seed: int = 0

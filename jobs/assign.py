@@ -2,10 +2,11 @@
 
 Ray Data batch inference: read the model's embeddings, centre them by site and apply the
 head in an actor pool (the model loaded once per actor); the driver commits rows as they come.
-Incremental like `fusc embed`: scans already assigned by this version are skipped. Scans
-ingested after the model was made are assigned too: they are first embedded with the model's
-encoder and views, and those `fusc sites` has not seen get their site from the model's saved
-style groups, exactly as `fusc serve` does for a new scan.
+Incremental like `fusc embed`: scans already assigned by this version are skipped. Every scan
+with a vector of the model's embedding is assigned; those `fusc sites` has not seen get their
+site from the model's saved style groups, exactly as `fusc serve` does for a new scan. Scans
+ingested after the model was made have no such vector yet: `jobs.run.assign_flow` (what
+`fusc assign` runs) embeds them with the model's encoder and views first.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ import pyarrow.compute as pc
 import ray
 
 from fusc_lib.cluster_model import ClusterModel, current_version
-from fusc_lib.config import EmbedConfig
-from fusc_lib.models.encoder import parse_embedding_key
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir, rows_by_id, utc_now
 from fusc_lib.table_appender import TableAppender
-from jobs.embed import run_embed
 from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS
 
@@ -41,7 +39,7 @@ class AssignSummary:
     already_done: int
     sizes: list[int]  # scans per cluster under this version, all of them
     seconds: float
-    embedded: int = 0  # scans embedded first (new since the model's embedding was made)
+    embedded: int = 0  # scans embedded first by `jobs.run.assign_flow` (new since the model)
     copies: int = 0  # files whose bytes equal an assigned scan's (`duplicates`): its cluster
     mean_confidence: float = 0.0  # over every scan under this version; 1/K is chance
 
@@ -95,7 +93,6 @@ def run_assign(workdir: Workdir, version: str | None = None,
     started = monotonic()
     version = version or current_version(workdir)
     model = ClusterModel.load(workdir, version)
-    embedded = _embed_new_scans(workdir, model, ray_address)
     done = assigned_ids(workdir, version)
     total = workdir.embeddings_table(model.embedding).count_rows()
     appended = 0
@@ -105,14 +102,8 @@ def run_assign(workdir: Workdir, version: str | None = None,
     clusters, confidences = _assigned(workdir, version)
     return AssignSummary(version, appended, len(done),
                          np.bincount(clusters, minlength=model.n_clusters).tolist(),
-                         monotonic() - started, embedded, _copies(workdir),
+                         monotonic() - started, 0, _copies(workdir),
                          float(confidences.mean()) if len(confidences) else 0.0)
-
-
-def _embed_new_scans(workdir: Workdir, model: ClusterModel, ray_address: str | None) -> int:
-    """Embed, with the model's encoder and views, the scans that have no such vector yet."""
-    encoder, views = parse_embedding_key(model.embedding)
-    return run_embed(workdir, EmbedConfig(embedding=encoder, views=views), ray_address).embedded
 
 
 def _stream_assignments(workdir: Workdir, model: ClusterModel, done: pa.Array,

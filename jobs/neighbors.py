@@ -50,13 +50,3 @@ def run_neighbors(workdir: Workdir, config: NeighborsConfig) -> NeighborsSummary
                             choose_index(len(ids), use_gpu=use_gpu).describe(),
                             float(similarities.mean()), monotonic() - started)
 
-
-def load_neighbors(workdir: Workdir, embedding: str, image_ids: list[str]) -> np.ndarray:
-    """(N, k) row numbers into `image_ids` of each scan's neighbours, from the table."""
-    table = workdir.neighbors(embedding, ["image_id", "neighbor_ids"])
-    rows = dict(zip(table.column("image_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
-    if set(rows) != set(image_ids):
-        raise ValueError(f"the neighbours of {embedding!r} are not those of its current "
-                         "embeddings: run `fusc neighbors` again")
-    index = {image_id: row for row, image_id in enumerate(image_ids)}
-    return np.asarray([[index[n] for n in rows[i]] for i in image_ids], dtype=np.int64)

@@ -1,25 +1,39 @@
-"""`fusc run`: every stage in order into one workdir, skipping what is already done.
+"""The flows: every place where one job's result feeds another, so each job stays one stage.
 
+`fusc run` (`run_all`): every stage in order into one workdir, skipping what is already done.
 ingest → train-ssl → embed → sites → neighbors → cluster → self-label → assign → export.
 Ingest, embed and assign are incremental by themselves (they do only the scans not done yet).
 The other stages record their inputs in the ledger (`fusc_lib/ledger.py`) when they finish,
 and are skipped while those are unchanged; so a killed run, run again, continues with the
 stage it was in. The SSL model is trained once per workdir (resumed if it was
 killed); scans ingested later are embedded with it.
+
+The stages that chain jobs by themselves, which the CLI and `run_all` both call:
+- `assign_flow` (`fusc assign`): embed the scans ingested since the cluster model was made,
+  with its encoder and views, then assign them (`jobs.assign`).
+- `cluster_flow` (`fusc cluster`): network mode trains backbone + heads on neighbour pairs
+  (`jobs.train_ssl`), embeds with that backbone, mines its neighbours, then trains the frozen
+  heads on that space (`jobs.cluster`).
+- `self_label_flow` (`fusc self-label`): network mode trains the `selflabel-<input>` run,
+  embeds with it, then `jobs.self_label` judges its head.
+Both network modes go through `train_and_embed`: a finished run is reused, a killed one resumed.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import monotonic
 
 import pyarrow.compute as pc
 
 from fusc_lib.artifacts import exists
+from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.clustering_space import clustering_space, latest_embedding
 from fusc_lib.config import (
     ClusterConfig,
+    EmbedConfig,
     NeighborsConfig,
     RunConfig,
     SelfLabelConfig,
@@ -27,19 +41,20 @@ from fusc_lib.config import (
 )
 from fusc_lib.diagnostics import site_nmi
 from fusc_lib.export import export_table, write_export
-from fusc_lib.layout import RUN_EXPORT, SSL_CONFIG
+from fusc_lib.layout import RUN_EXPORT, SELF_LABEL_START, SSL_CONFIG
 from fusc_lib.ledger import StageLedger
 from fusc_lib.metrics import chance_confidence_warning
-from fusc_lib.models.encoder import embedding_key, is_trained
+from fusc_lib.models.encoder import backbone_of, embedding_key, is_trained, parse_embedding_key
+from fusc_lib.models.self_label_network import write_start
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.sources import gather_sources
 from fusc_lib.store import Workdir
-from jobs.assign import run_assign
-from jobs.cluster import run_cluster
+from jobs.assign import AssignSummary, run_assign
+from jobs.cluster import ClusterSummary, run_cluster
 from jobs.embed import resolve_model, run_embed
 from jobs.ingest import run_ingest
 from jobs.neighbors import run_neighbors
-from jobs.self_label import run_self_label
+from jobs.self_label import SelfLabelSummary, run_self_label
 from jobs.sites import run_sites
 from jobs.train_ssl import run_train_ssl
 from schemas.tables import SCANS, SITES
@@ -157,11 +172,16 @@ def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str
 
 
 def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str:
-    resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{SSL_CONFIG}")
-    ssl = ssl.fitted_to(workdir.table(SCANS).count_rows())
-    result = run_train_ssl(workdir, ssl, ray_address, resume=resume)
+    result, resumed = _train(workdir, ssl.fitted_to(workdir.table(SCANS).count_rows()),
+                             ray_address)
     return f"{result['epochs']} epochs, final loss {result['final_loss']}" + \
-        (" (resumed)" if resume else "")
+        (" (resumed)" if resumed else "")
+
+
+def _train(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> tuple[dict, bool]:
+    """Train run `ssl`, resuming it if a killed try left its config; (result, resumed)."""
+    resume = exists(f"{workdir.ssl_run_dir(ssl.run)}/{SSL_CONFIG}")
+    return run_train_ssl(workdir, ssl, ray_address, resume=resume), resume
 
 
 def _embed(workdir: Workdir, model: str, config: RunConfig, ray_address: str | None) -> str:
@@ -183,20 +203,20 @@ def _neighbors(workdir: Workdir, config: NeighborsConfig) -> str:
 
 
 def _cluster(workdir: Workdir, config: ClusterConfig, ray_address: str | None) -> str:
-    result = run_cluster(workdir, config, ray_address)
+    result = cluster_flow(workdir, config, ray_address)
     StageLedger(workdir).record(CLUSTER_OUTPUT, {"version": result.version})
     return f"model {result.version}, head {result.head_index}, sizes {result.sizes}"
 
 
 def _self_label(workdir: Workdir, config: SelfLabelConfig, ray_address: str | None) -> str:
-    result = run_self_label(workdir, config, ray_address)
+    result = self_label_flow(workdir, config, ray_address)
     if result.accepted:
         return f"accepted: model {result.version}, sizes {result.sizes}"
     return "kept the input model: " + "; ".join(result.reasons)
 
 
 def _assign(workdir: Workdir, summary: RunSummary, ray_address: str | None) -> str:
-    result = run_assign(workdir, ray_address=ray_address)
+    result = assign_flow(workdir, ray_address=ray_address)
     summary.version, summary.sizes = result.version, result.sizes
     summary.site_nmi = site_nmi(workdir, result.version)
     warning = chance_confidence_warning(result.mean_confidence, len(result.sizes))
@@ -204,3 +224,91 @@ def _assign(workdir: Workdir, summary: RunSummary, ray_address: str | None) -> s
     copies = f" (+ {result.copies} file copies share their twin's)" if result.copies else ""
     return f"model {result.version}: {result.assigned} assigned{copies}"
 
+
+
+def train_and_embed(workdir: Workdir, ssl: SSLConfig, views: int,
+                    ray_address: str | None) -> str:
+    """Train network run `ssl` (a finished one is reused, a killed one resumed), then embed
+    every scan with it over `views` views; returns that embedding's key."""
+    if not is_trained(workdir, ssl.run):
+        _train(workdir, ssl, ray_address)
+    run_embed(workdir, EmbedConfig(embedding=ssl.run, views=views, use_gpu=ssl.use_gpu),
+              ray_address)
+    return embedding_key(ssl.run, views)
+
+
+def assign_flow(workdir: Workdir, version: str | None = None,
+                ray_address: str | None = None) -> AssignSummary:
+    """`fusc assign`: embed, with the model's encoder and views, the scans that have no such
+    vector yet (ingested after the model was made), then assign every scan."""
+    started = monotonic()
+    version = version or current_version(workdir)
+    encoder, views = parse_embedding_key(ClusterModel.load(workdir, version).embedding)
+    embedded = run_embed(workdir, EmbedConfig(embedding=encoder, views=views), ray_address)
+    summary = run_assign(workdir, version, ray_address)
+    return replace(summary, embedded=embedded.embedded, seconds=monotonic() - started)
+
+
+def cluster_flow(workdir: Workdir, config: ClusterConfig,
+                 ray_address: str | None = None) -> ClusterSummary:
+    """`fusc cluster`. Network mode: FUSC-train backbone + heads on neighbour pairs, embed with
+    the result and mine its neighbours, then train the frozen heads on that embedding. A
+    finished fine-tune is reused and a killed one resumed."""
+    if config.mode != "network":
+        return run_cluster(workdir, config)
+    started = monotonic()
+    if not config.embedding:
+        config = config.model_copy(update={"embedding": latest_embedding(workdir)})
+    views = parse_embedding_key(config.embedding)[1]
+    embedding = train_and_embed(workdir, _cluster_network(workdir, config), views, ray_address)
+    run_neighbors(workdir, NeighborsConfig(embedding=embedding, k=config.k))
+    summary = run_cluster(workdir, config.model_copy(update={"embedding": embedding,
+                                                              "mode": "frozen"}))
+    return replace(summary, seconds=monotonic() - started)
+
+
+def _cluster_network(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
+    """The training config of cluster network mode, starting from the embedding's backbone."""
+    model, _ = parse_embedding_key(config.embedding)
+    backbone, init, size = backbone_of(workdir, model)
+    return SSLConfig(profile="fusc-network", run_name=f"{model.replace(':', '-').replace('@', '-')}-fusc"
+                     f"{config.clusters}", method="fusc", backbone=backbone, init=init,
+                     image_size=size, epochs=config.network_epochs, lr=config.network_lr,
+                     batch_size=config.network_batch_size, strength=0.5,
+                     fusc_clusters=config.clusters, fusc_heads=config.heads,
+                     entropy_weight=config.entropy_weight, neighbors_of=config.embedding,
+                     workers=config.workers, use_gpu=config.use_gpu, seed=config.seed
+                     ).fitted_to(workdir.table(SCANS).count_rows())
+
+
+def self_label_flow(workdir: Workdir, config: SelfLabelConfig,
+                    ray_address: str | None = None) -> SelfLabelSummary:
+    """`fusc self-label`. Network mode: train (or resume, or reuse) the network run of the input
+    model, embed the scans with it, then judge its head (`jobs.self_label`)."""
+    if config.mode != "network":
+        return run_self_label(workdir, config)
+    started = monotonic()
+    start = ClusterModel.load(workdir, config.cluster_model)
+    config = config.model_copy(update={"cluster_model": start.version})
+    ssl = _self_label_network(workdir, config, start)
+    if not exists(ssl.selflabel_start):  # the same for every try of this input
+        centering = clustering_space(workdir, start.embedding).centering
+        write_start(ssl.selflabel_start, start.head.weight, start.head.bias, centering)
+    train_and_embed(workdir, ssl, parse_embedding_key(start.embedding)[1], ray_address)
+    summary = run_self_label(workdir, config, trained=ssl)
+    return replace(summary, seconds=monotonic() - started)
+
+
+def _self_label_network(workdir: Workdir, config: SelfLabelConfig,
+                        start: ClusterModel) -> SSLConfig:
+    """The training config of self-label network mode: the input model's backbone and head,
+    SimCLR-strength augmentations for the strong view."""
+    backbone, init, size = backbone_of(workdir, parse_embedding_key(start.embedding)[0])
+    run = f"selflabel-{start.version}"
+    return SSLConfig(profile="selflabel-network", run_name=run, method="selflabel",
+                     backbone=backbone, init=init, image_size=size, epochs=config.network_epochs,
+                     lr=config.network_lr, batch_size=config.network_batch_size, strength=1.0,
+                     selflabel_start=f"{workdir.ssl_run_dir(run)}/{SELF_LABEL_START}",
+                     selflabel_threshold=config.threshold, workers=config.workers,
+                     use_gpu=config.use_gpu, seed=config.seed
+                     ).fitted_to(workdir.table(SCANS).count_rows())

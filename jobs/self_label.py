@@ -3,11 +3,12 @@
 Frozen mode (default, fast on CPU): the head alone, on the stored embeddings, with feature
 noise and dropout as the strong augmentation (`fusc_lib.clustering.self_label`).
 
-Network mode (the paper's): backbone and head together on images with Ray Train — the weak
-view names the targets, a strongly augmented view learns them
-(`fusc_lib.models.self_label_network`, through the SSL training job: workers, GPU, checkpoints
-and resume as there). The run `selflabel-<input version>` is then embedded like any model run,
-its per-site centering refitted, and its head judged on that space.
+Network mode (the paper's) is a flow, `jobs.run.self_label_flow`: backbone and head train
+together on images with Ray Train — the weak view names the targets, a strongly augmented view
+learns them (`fusc_lib.models.self_label_network`, through `jobs.train_ssl`: workers, GPU,
+checkpoints and resume as there) — and the run `selflabel-<input version>` is embedded like any
+model run; this job then judges that run's head on its clustering space (per-site centering
+refitted), given the run as `trained`.
 
 Either way the result is kept only when its label-free checks (FUSC loss over the input's
 neighbours, smallest cluster, confident set, stability of the first confident labels) did not
@@ -22,7 +23,6 @@ from time import monotonic
 
 import numpy as np
 
-from fusc_lib.artifacts import exists
 from fusc_lib.cluster_model import ClusterModel, new_version
 from fusc_lib.clustering import (
     SelfLabelOutcome,
@@ -30,16 +30,12 @@ from fusc_lib.clustering import (
     judge_self_label,
     self_label,
 )
-from fusc_lib.clustering_space import ClusteringSpace, clustering_space
+from fusc_lib.clustering_space import ClusteringSpace, clustering_space, load_neighbors
 from fusc_lib.config import SelfLabelConfig, SSLConfig
-from fusc_lib.layout import SELF_LABEL_START
-from fusc_lib.models.encoder import parse_embedding_key
-from fusc_lib.models.self_label_network import read_head, write_start
+from fusc_lib.models.encoder import embedding_key, parse_embedding_key
+from fusc_lib.models.self_label_network import read_head
 from fusc_lib.sites import SiteCentering
 from fusc_lib.store import Workdir
-from jobs._network import backbone_of, train_and_embed
-from jobs.neighbors import load_neighbors
-from schemas.tables import SCANS
 
 
 @dataclass
@@ -55,15 +51,20 @@ class SelfLabelSummary:
 
 
 def run_self_label(workdir: Workdir, config: SelfLabelConfig,
-                   ray_address: str | None = None) -> SelfLabelSummary:
+                   trained: SSLConfig | None = None) -> SelfLabelSummary:
+    """Self-label the input model (frozen mode), or judge `trained`, the network run that
+    `jobs.run.self_label_flow` trained and embedded for it (network mode)."""
     started = monotonic()
+    if config.mode == "network" and trained is None:
+        raise ValueError("network mode trains the backbone first: run it through "
+                         "jobs.run.self_label_flow (`fusc self-label --mode network`)")
     start = ClusterModel.load(workdir, config.cluster_model)
     space = clustering_space(workdir, start.embedding)
     neighbors = load_neighbors(workdir, start.embedding, space.image_ids)
     start.head.probabilities = start.head.predict(space.vectors)
     if config.mode == "network":
-        embedding, centering, outcome = _self_label_network(workdir, config, start, space,
-                                                            neighbors, ray_address)
+        embedding, centering, outcome = _judge_network(workdir, config, trained, start, space,
+                                                       neighbors)
     else:
         embedding, centering = start.embedding, space.centering
         outcome = self_label(space.vectors, start.head, neighbors, threshold=config.threshold,
@@ -85,16 +86,12 @@ def run_self_label(workdir: Workdir, config: SelfLabelConfig,
                             sizes, monotonic() - started)
 
 
-def _self_label_network(workdir: Workdir, config: SelfLabelConfig, start: ClusterModel,
-                        space: ClusteringSpace, neighbors: np.ndarray, ray_address: str | None
-                        ) -> tuple[str, SiteCentering, SelfLabelOutcome]:
-    """Train (or resume, or reuse) the network run of `start`, embed the scans with it and
-    judge its head there; returns (its embedding key, its centering, the outcome)."""
-    ssl = network_config(workdir, config, start)
-    if not exists(ssl.selflabel_start):  # the same for every try of this input
-        write_start(ssl.selflabel_start, start.head.weight, start.head.bias, space.centering)
-    views = parse_embedding_key(start.embedding)[1]
-    embedding = train_and_embed(workdir, ssl, views, ray_address)
+def _judge_network(workdir: Workdir, config: SelfLabelConfig, ssl: SSLConfig,
+                   start: ClusterModel, space: ClusteringSpace, neighbors: np.ndarray
+                   ) -> tuple[str, SiteCentering, SelfLabelOutcome]:
+    """Judge the head of network run `ssl` on the space of its embedding (same views as the
+    input's); returns (its embedding key, its centering, the outcome)."""
+    embedding = embedding_key(ssl.run, parse_embedding_key(start.embedding)[1])
     trained = clustering_space(workdir, embedding)
     rows = _rows_of(trained.image_ids, space.image_ids)
     head = read_head(workdir.ssl_run_dir(ssl.run))
@@ -115,16 +112,3 @@ def _rows_of(available: list[str], wanted: list[str]) -> np.ndarray:
                          "self-labeled network")
     return np.asarray([row[image_id] for image_id in wanted])
 
-
-def network_config(workdir: Workdir, config: SelfLabelConfig, start: ClusterModel) -> SSLConfig:
-    """The training config of network mode: the input model's backbone and head, SimCLR-strength
-    augmentations for the strong view."""
-    backbone, init, size = backbone_of(workdir, parse_embedding_key(start.embedding)[0])
-    run = f"selflabel-{start.version}"
-    return SSLConfig(profile="selflabel-network", run_name=run, method="selflabel",
-                     backbone=backbone, init=init, image_size=size, epochs=config.network_epochs,
-                     lr=config.network_lr, batch_size=config.network_batch_size, strength=1.0,
-                     selflabel_start=f"{workdir.ssl_run_dir(run)}/{SELF_LABEL_START}",
-                     selflabel_threshold=config.threshold, workers=config.workers,
-                     use_gpu=config.use_gpu, seed=config.seed
-                     ).fitted_to(workdir.table(SCANS).count_rows())

@@ -18,7 +18,7 @@ import ray
 from fusc_lib.layout import SITE_MODEL
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import SiteModel, resolve_sites, style_features
+from fusc_lib.sites import resolve_sites, style_features
 from fusc_lib.store import Workdir
 from jobs.ray_runtime import connect
 from schemas.tables import SCANS, SITES
@@ -69,7 +69,3 @@ def run_sites(workdir: Workdir, ray_address: str | None = None, seed: int = 0) -
                         sizes=dict(zip(names.tolist(), counts.tolist())),
                         seconds=monotonic() - started)
 
-
-def load_site_model(workdir: Workdir) -> SiteModel | None:
-    saved = workdir.read_json(*SITE_MODEL)
-    return SiteModel.from_dict(saved) if saved else None

@@ -23,7 +23,7 @@ from fusc_lib.export import COLUMNS, export_table, write_export
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
-from jobs.run import run_all
+from jobs.run import assign_flow, run_all
 from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
 
 PRETRAINED = "pretrained:efficientnet_lite0"
@@ -55,7 +55,9 @@ def finished(tmp_path_factory, data_dir, ray_session):
     folder = Path(config.ingest.paths[0])
     first = sorted(folder.iterdir())[0]
     (folder / "re-export").mkdir()
-    shutil.copy(first, folder / "re-export" / "copy.png")  # same bytes
+    # Same bytes and name in another folder, as a re-export holds them: whichever of the two
+    # ingest meets first is the scan, the other its recorded copy.
+    shutil.copy(first, folder / "re-export" / first.name)
     reports = []
     summary = run_all(store, config, echo=reports.append)
     return store, config, summary, reports
@@ -78,10 +80,10 @@ def test_run_assigns_every_scan_once_and_exports_them(finished):
     assert list(rows[0]) == COLUMNS and len(rows) == scans + 1  # + the byte-identical copy
     (copy,) = [r for r in rows if r["duplicate_of"]]  # whichever of the two came second
     (twin,) = [r for r in rows if r["source_uri"] == copy["duplicate_of"]]
-    assert "copy.png" in {Path(copy["source_uri"]).name, Path(twin["source_uri"]).name}
+    assert Path(copy["source_uri"]).name == Path(twin["source_uri"]).name
+    assert copy["source_uri"] != twin["source_uri"]
     assert (copy["image_id"], copy["cluster_id"]) == (twin["image_id"], twin["cluster_id"])
-    assert {Path(r["source_uri"]).name.split("__")[0] for r in rows} == {
-        "african-planes", "hc18", "copy.png"}
+    assert {Path(r["source_uri"]).name.split("__")[0] for r in rows} == {"african-planes", "hc18"}
 
 
 def test_sites_are_inferred_from_style_when_none_is_given(finished):
@@ -193,11 +195,11 @@ def test_over_clustering_and_a_rejected_self_label_keep_a_usable_current_model(f
 def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
     """The paper's mode: backbone + heads on augmented neighbour pairs (2 Ray Train workers),
     then embedding, neighbours and heads again on the fine-tuned backbone."""
-    from jobs.cluster import run_cluster
+    from jobs.run import cluster_flow
 
     store, *_ = finished
     before = current_version(store)
-    summary = run_cluster(store, ClusterConfig(
+    summary = cluster_flow(store, ClusterConfig(
         embedding=f"{PRETRAINED}~views2", clusters=3, heads=2, epochs=10, mode="network",
         network_epochs=2, k=5, workers=2))
     run = "pretrained-efficientnet_lite0-fusc3"
@@ -216,7 +218,7 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     self-label backbone and head on weak/strong views; the run is embedded and judged like any
     model, and self-labeling the same input again reuses it."""
     from fusc_lib.models.self_label_network import read_head
-    from jobs.self_label import run_self_label
+    from jobs.run import self_label_flow
 
     store, config, *_ = finished
     network = config.model_copy(update={"self_label": SelfLabelConfig(mode="network",
@@ -235,7 +237,7 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     embedded = store.embeddings_table(embedding).count_rows()
     assert embedded == store.table(SCANS).count_rows()
     trained_at = loss_csv.stat().st_mtime_ns
-    summary = run_self_label(store, SelfLabelConfig(cluster_model=start.version, mode="network"))
+    summary = self_label_flow(store, SelfLabelConfig(cluster_model=start.version, mode="network"))
     assert loss_csv.stat().st_mtime_ns == trained_at  # the finished run was reused
     written = ClusterModel.load(store, summary.written)
     # a rejected try is recorded as the input model, so a written version is always coherent
@@ -284,7 +286,7 @@ def test_assign_embeds_and_places_scans_ingested_after_the_model(finished, tmp_p
     run_ingest(store, IngestConfig(paths=[str(newer)]), workdir_preprocess(store))
     scans = store.table(SCANS).count_rows()
     assert scans == 18 and store.table(SITES).count_rows() == 16
-    summary = run_assign(store)
+    summary = assign_flow(store)
     assert summary.embedded == 2 and summary.assigned == 2 and sum(summary.sizes) == scans
     vectors = store.embeddings_table(model.embedding).count_rows()
     assert vectors == scans

@@ -116,12 +116,29 @@ def pretrained_model(backbone: str, input_size: int = PRETRAINED_SIZE) -> str:
     return f"{PRETRAINED_PREFIX}{backbone}{size}"
 
 
+def _pretrained_name(model: str) -> tuple[str, int]:
+    """(timm architecture, input size) of a pretrained:<backbone>[@size] model name."""
+    backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
+    return backbone, int(size or PRETRAINED_SIZE)
+
+
 def model_encoder(workdir: Workdir, model: str, device: str = "cpu") -> Encoder:
     """The encoder a model name means: a workdir SSL run, or pretrained:<backbone>[@size]."""
     if model.startswith(PRETRAINED_PREFIX):
-        backbone, _, size = model.removeprefix(PRETRAINED_PREFIX).partition("@")
-        return pretrained_encoder(backbone, IMAGENET, int(size or PRETRAINED_SIZE)).to(device)
+        backbone, size = _pretrained_name(model)
+        return pretrained_encoder(backbone, IMAGENET, size).to(device)
     return load_encoder(workdir.ssl_run_dir(model), device=device)
+
+
+def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
+    """(timm architecture, init, input size) that continue training model `model` (network
+    modes of `fusc cluster` and `fusc self-label`): an SSL run of the workdir, or
+    pretrained:<name>[@size]."""
+    if model.startswith(PRETRAINED_PREFIX):
+        backbone, size = _pretrained_name(model)
+        return backbone, IMAGENET, size
+    info = json.loads(read_bytes(f"{workdir.ssl_run_dir(model)}/{ENCODER_INFO}"))
+    return info["backbone"], f"{workdir.ssl_run_dir(model)}/{BACKBONE_WEIGHTS}", info["input_size"]
 
 
 def embedding_key(model: str, views: int) -> str:
