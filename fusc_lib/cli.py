@@ -21,6 +21,7 @@ from fusc_lib.config import (
     PreprocessConfig,
     RunConfig,
     SelfLabelConfig,
+    ServeOptions,
     SitesConfig,
     SSLConfig,
 )
@@ -359,9 +360,8 @@ def run(
 
 @command()
 def serve(
-    host: command_option(str, "127.0.0.1", "Address to listen on. Anything but loopback needs "
-                         "$FUSC_API_TOKEN."),
-    port: command_option(int, 8000, "HTTP port."),
+    host: option(ServeOptions, "host"),
+    port: option(ServeOptions, "port"),
     cluster_model: ClusterModelOption,
     config: command_option(
         Path | None, None, "Ray Serve config file: replicas, autoscaling, batching, body limit, "

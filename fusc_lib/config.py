@@ -42,6 +42,14 @@ class CommonOptions(BaseModel):
     cluster_model: ClusterModelVersion = None
 
 
+class ServeOptions(BaseModel):
+    """Where `fusc serve` listens (the rest of its settings are the Ray Serve config file)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on. Anything but loopback "
+                      "needs $FUSC_API_TOKEN.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+
+
 # ------------------------------------------------------------------ ingest
 
 class PreprocessConfig(BaseModel):

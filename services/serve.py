@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 
-from fusc_lib.config import DEFAULT_WORKDIR
+from fusc_lib.config import DEFAULT_WORKDIR, ServeOptions
 from fusc_lib.store import Workdir
 from services.auth import TOKEN_ENV, digest
 from services.deployment import ClusterService, ServiceConfig
@@ -73,7 +73,8 @@ def read_config(path: str | Path | None) -> dict:
     return raw
 
 
-def start(workdir: str, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
+def start(workdir: str, *, host: str = ServeOptions().host, port: int = ServeOptions().port,
+          model: str | None = None,
           config_path: str | Path | None = None, token: str | None = None,
           user_config: dict | None = None) -> str:
     """Deploy the service on the connected Ray (Serve started with these HTTP options) and
