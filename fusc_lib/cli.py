@@ -379,10 +379,8 @@ def serve(
     `Authorization: Bearer <token>` on every route but /healthz.
     """
     import os
-    import signal
-    import threading
 
-    from services.serve import TOKEN_ENV, check_exposure, start, stop
+    from services.serve import TOKEN_ENV, check_exposure, serve_until_stopped, start
 
     token = os.environ.get(TOKEN_ENV) or None
     with user_errors():
@@ -396,17 +394,9 @@ def serve(
                         config_path=config, token=token)
         except RuntimeError as error:  # a replica failed to start: Serve's reason
             fail(f"the service did not start: {error}")
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
     say(f"serving {workdir} on {url} (OpenAPI: {url}/docs); token "
         f"{'required' if token else 'not set'}. Ctrl-C to stop.")
-    try:
-        while not stopping.wait(1.0):
-            pass
-    finally:
-        say("stopping...")
-        stop(shared_cluster=bool(ray_address))
-        import ray
+    serve_until_stopped(shared_cluster=bool(ray_address), on_stop=lambda: say("stopping..."))
+    import ray
 
-        ray.shutdown()
+    ray.shutdown()

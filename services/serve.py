@@ -8,6 +8,9 @@ are validated here as the deployment's `ServiceConfig` before anything starts.
 
 import ipaddress
 import os
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -107,3 +110,16 @@ def stop(shared_cluster: bool = False) -> None:
         serve.delete(APP_NAME)
     else:
         serve.shutdown()
+
+
+def serve_until_stopped(shared_cluster: bool, on_stop: Callable[[], None]) -> None:
+    """Block until Ctrl-C or SIGTERM, then call `on_stop()` and take the service down."""
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        on_stop()
+        stop(shared_cluster)
