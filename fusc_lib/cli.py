@@ -87,7 +87,6 @@ def ingest(
     only new files, so an interrupted ingest is resumed by running the same command.
     """
     from fusc_lib.preprocess import workdir_preprocess
-    from fusc_lib.sources import SourceError
     from fusc_lib.store import Workdir
     from jobs.ingest import run_ingest
 
@@ -95,7 +94,7 @@ def ingest(
         fail("give at least one PATH or --manifest FILE (see fusc ingest --help)")
     vocabulary = str(vocabulary) if vocabulary else None
     store = Workdir(workdir)
-    with user_errors(SourceError):  # invalid options, settings the workdir refuses, no input
+    with user_errors():  # invalid options, settings the workdir refuses, no input (SourceError)
         config = settings(IngestConfig, locals())
         preprocess = workdir_preprocess(store, given(PreprocessConfig, locals()))
         summary = run_ingest(store, config, preprocess, ray_address)

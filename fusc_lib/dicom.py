@@ -105,8 +105,7 @@ def _refuse_non_images(dataset: Dataset) -> None:
                        "ingest the folder that holds them)")
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
         kind = getattr(UID(str(sop_class)), "name", "") if sop_class else ""
-        raise BadInput(f"not an image: DICOM {kind or 'object'} without pixel data".replace(
-            "  ", " "))
+        raise BadInput(f"not an image: DICOM {kind or 'object'} without pixel data")
 
 
 def _frames_held(dataset: Dataset, claimed: int) -> int:

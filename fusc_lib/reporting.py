@@ -31,12 +31,12 @@ def warn(message: str | None) -> None:
 
 
 @contextmanager
-def user_errors(*kinds: type[Exception]) -> Iterator[None]:
-    """Invalid options, refused settings, missing inputs (ValueError, and `kinds`): the message,
+def user_errors() -> Iterator[None]:
+    """Invalid options, refused settings, missing inputs (ValueError): the message,
     exit code 2, no traceback."""
     try:
         yield
-    except (ValueError, *kinds) as error:
+    except ValueError as error:
         fail(str(error))
 
 

@@ -92,13 +92,13 @@ class _IngestSink:
         self.summary.quarantined = self.tables[QUARANTINE].committed
 
 
-def pending_sources(workdir: Workdir, config: IngestConfig) -> tuple[list[Source], int]:
-    """Sources not yet in `scans`, `duplicates` or `quarantine`, and how many were done.
+def pending_sources(workdir: Workdir, config: IngestConfig,
+                    sources: list[Source]) -> tuple[list[Source], int]:
+    """Of `sources`, those not yet in `scans`, `duplicates` or `quarantine`, and how many were.
 
     With `retry_quarantined`, quarantined sources of this input are pending again and their old
     quarantine rows are dropped (a failure again writes a fresh row).
     """
-    sources = gather_sources(config.paths, config.manifest)
     done = {uri for name in (SCANS, DUPLICATES)
             for uri in workdir.column(name, "source_uri").to_pylist()}
     quarantined = set(workdir.column(QUARANTINE, "source_uri").to_pylist())
@@ -120,11 +120,15 @@ def workdir_salt(workdir: Workdir) -> str:
 
 
 def run_ingest(workdir: Workdir, config: IngestConfig, preprocess: PreprocessConfig,
-               ray_address: str | None = None) -> IngestSummary:
-    """Ingest every new file named by `config` into the workdir's tables."""
+               ray_address: str | None = None,
+               sources: list[Source] | None = None) -> IngestSummary:
+    """Ingest every new file named by `config` into the workdir's tables. `sources`: the files
+    `config` names, where the caller has listed them already (an archive is listed once)."""
     started = monotonic()
     summary = IngestSummary()
-    pending, summary.files_already_done = pending_sources(workdir, config)
+    if sources is None:
+        sources = gather_sources(config.paths, config.manifest)
+    pending, summary.files_already_done = pending_sources(workdir, config, sources)
     summary.files_found = len(pending) + summary.files_already_done
     if pending:
         workdir.write_json(config.model_dump(), *INGEST_CONFIG)

@@ -47,7 +47,7 @@ from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import backbone_of, embedding_key, is_trained, parse_embedding_key
 from fusc_lib.models.self_label_network import write_start
 from fusc_lib.preprocess import workdir_preprocess
-from fusc_lib.sources import gather_sources
+from fusc_lib.sources import Source, gather_sources
 from fusc_lib.store import Workdir
 from jobs.assign import AssignSummary, run_assign
 from jobs.cluster import ClusterSummary, run_cluster
@@ -102,8 +102,10 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
 
     clusters, given_model = config.cluster.clusters, config.embed.embedding
     if config.ingest.paths or config.ingest.manifest:
-        _check_clusters(clusters, _scans(workdir) + _most_new_scans(config), "can hold")
-        stage("ingest", lambda: _ingest(workdir, config, ray_address))
+        sources = gather_sources(config.ingest.paths, config.ingest.manifest)
+        _check_clusters(clusters, _scans(workdir) + _most_new_scans(len(sources), config),
+                        "can hold")
+        stage("ingest", lambda: _ingest(workdir, config, sources, ray_address))
     _check_clusters(clusters, _scans(workdir), "holds")
     model = resolve_model(workdir, given_model, config.embed.input_size) if given_model \
         else config.ssl.run
@@ -142,9 +144,8 @@ def _scans(workdir: Workdir) -> int:
     return workdir.table(SCANS).count_rows() if workdir.has_table(SCANS) else 0
 
 
-def _most_new_scans(config: RunConfig) -> int:
-    """The most scans the inputs can add: every file named, each with its frame limit."""
-    files = len(gather_sources(config.ingest.paths, config.ingest.manifest))
+def _most_new_scans(files: int, config: RunConfig) -> int:
+    """The most scans `files` input files can add, each with its frame limit."""
     frames = config.ingest.frames
     return files * frames if frames else sys.maxsize
 
@@ -165,8 +166,10 @@ def _embedding_rows(workdir: Workdir, embedding: str) -> dict:
     return {"rows": len(times), "newest": newest.isoformat() if newest else None}
 
 
-def _ingest(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:
-    result = run_ingest(workdir, config.ingest, workdir_preprocess(workdir), ray_address)
+def _ingest(workdir: Workdir, config: RunConfig, sources: list[Source],
+            ray_address: str | None) -> str:
+    result = run_ingest(workdir, config.ingest, workdir_preprocess(workdir), ray_address,
+                        sources)
     return (f"{result.rows_ingested} new scans, {result.files_already_done} files already in, "
             f"{result.duplicates} copies of a scan, {result.quarantined} quarantined")
 
@@ -225,7 +228,6 @@ def _assign(workdir: Workdir, summary: RunSummary, ray_address: str | None) -> s
     return f"model {result.version}: {result.assigned} assigned{copies}"
 
 
-
 def train_and_embed(workdir: Workdir, ssl: SSLConfig, views: int,
                     ray_address: str | None) -> str:
     """Train network run `ssl` (a finished one is reused, a killed one resumed), then embed
@@ -271,8 +273,8 @@ def _cluster_network(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
     """The training config of cluster network mode, starting from the embedding's backbone."""
     model, _ = parse_embedding_key(config.embedding)
     backbone, init, size = backbone_of(workdir, model)
-    return SSLConfig(profile="fusc-network", run_name=f"{model.replace(':', '-').replace('@', '-')}-fusc"
-                     f"{config.clusters}", method="fusc", backbone=backbone, init=init,
+    run = f"{model.replace(':', '-').replace('@', '-')}-fusc{config.clusters}"
+    return SSLConfig(profile="fusc-network", run_name=run, method="fusc", backbone=backbone, init=init,
                      image_size=size, epochs=config.network_epochs, lr=config.network_lr,
                      batch_size=config.network_batch_size, strength=0.5,
                      fusc_clusters=config.clusters, fusc_heads=config.heads,
