@@ -17,15 +17,18 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	touch $(STAMP)
 
-# Tesseract is the second OCR engine (Debian package); EasyOCR, the default, needs nothing more.
+# Debian packages: tesseract-ocr (the second OCR engine; EasyOCR, the default, needs nothing
+# more), chromium + chromium-driver (the headless browser the report tests open pages in).
+SYSTEM_PACKAGES := tesseract-ocr chromium chromium-driver
 system-deps:
-	@command -v tesseract >/dev/null || \
-	  (apt-get install -y -q tesseract-ocr >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q tesseract-ocr >/dev/null 2>&1)) || \
-	  echo "note: tesseract-ocr not installed (apt-get install tesseract-ocr); --ocr-engine tesseract will be unavailable"
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	[ -z "$$missing" ] || (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1)) || \
+	  echo "note: could not install$$missing (apt-get install$$missing): --ocr-engine tesseract and the report browser tests need them"
 
 demo: install
 	$(BIN)/fusc run examples/scans --clusters 4 --workdir $(DEMO_WORKDIR)
+	$(BIN)/fusc report --workdir $(DEMO_WORKDIR)
 
 test: install
 	$(BIN)/pytest -q

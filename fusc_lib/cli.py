@@ -16,9 +16,11 @@ from fusc_lib.config import (
     ClusterConfig,
     CommonOptions,
     EmbedConfig,
+    EvaluateConfig,
     IngestConfig,
     NeighborsConfig,
     PreprocessConfig,
+    ReportConfig,
     RunConfig,
     SelfLabelConfig,
     ServeOptions,
@@ -355,6 +357,60 @@ def run(
             else None)
         summary = run_all(store, config, ray_address, echo=reporting.stage)
     reporting.run_summary(summary, store, labels)
+
+
+@command()
+def evaluate(
+    labels: option(EvaluateConfig, "labels", as_type=Path | None, exists=True, dir_okay=False),
+    seeds: option(EvaluateConfig, "seeds"),
+    sweep: option(EvaluateConfig, "sweep", as_type=str | None),
+    baseline_scans: option(EvaluateConfig, "baseline_scans"),
+    cluster_model: ClusterModelOption,
+    workdir: WorkdirOption,
+) -> None:
+    """Score a cluster model: with labels, and without (sizes, confidence, site, stability).
+
+    With labels (a file, or by default the view names typed on the scans): cluster purity,
+    NMI, Hungarian accuracy and ARI on views and on their super-classes, the paper's Table 4,
+    and k-means baselines on the same scans. --seeds N retrains the heads N times for the
+    spread of every figure; --sweep 4,6,10 says which number of clusters to pick. Degenerate
+    results are flagged. Writes <workdir>/reports/<version>/metrics.json.
+    """
+    from fusc_lib.store import Workdir
+    from jobs.evaluate import run_evaluate
+
+    store = Workdir(workdir)
+    with user_errors():
+        config = settings(EvaluateConfig, locals(), labels=str(labels) if labels else None)
+        result = run_evaluate(store, config, progress=say)
+    reporting.evaluation(result, store.report_dir(result.version))
+
+
+@command()
+def report(
+    labels: option(ReportConfig, "labels", as_type=Path | None, exists=True, dir_okay=False),
+    montage: option(ReportConfig, "montage"),
+    map_points: option(ReportConfig, "map_points"),
+    output: option(ReportConfig, "output", as_type=Path | None, dir_okay=False),
+    cluster_model: ClusterModelOption,
+    workdir: WorkdirOption,
+) -> None:
+    """Write one HTML page to open in a browser, offline: what each cluster holds.
+
+    Per cluster: its most and least confident scans (the strays to check first), its mix of
+    pseudo-views and sites. Cluster sizes, a map of the embeddings (hover a point to see its
+    scan), loss curves, the configurations, and the flags and scores of `fusc evaluate` (run
+    first when it has not been, or when --labels is given; its K sweep shows when it ran
+    with --sweep). Prints the page's path.
+    """
+    from fusc_lib.store import Workdir
+    from jobs.report import run_report
+
+    with user_errors():
+        config = settings(ReportConfig, locals(), labels=str(labels) if labels else None,
+                          output=str(output) if output else None)
+        path = run_report(Workdir(workdir), config, progress=say)
+    say(f"report: {path}")
 
 
 @command()

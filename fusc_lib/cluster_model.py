@@ -76,6 +76,13 @@ class ClusterModel:
                    notes=meta.get("notes", {}))
 
 
+def model_info(workdir: Workdir, version: str) -> dict:
+    """The model.json of `version` (its record: embedding, head, notes, names) without
+    loading weights; {} when there is none."""
+    path = f"{workdir.cluster_model_dir(version)}/{CLUSTER_MODEL_INFO}"
+    return json.loads(read_bytes(path)) if exists(path) else {}
+
+
 def current_version(workdir: Workdir) -> str:
     current = workdir.read_json(*CURRENT_CLUSTER_MODEL)
     if not current:

@@ -43,6 +43,7 @@ class TrainedHead:
     head_index: int
     head_losses: list[HeadLoss]
     config: dict = field(default_factory=dict)
+    history: list[float] = field(default_factory=list)  # mean training loss of each epoch
 
     @property
     def n_clusters(self) -> int:
@@ -62,7 +63,7 @@ class TrainedHead:
     def metadata(self) -> dict:
         return {"head_index": self.head_index, "n_clusters": self.n_clusters,
                 "head_losses": [asdict(loss) for loss in self.head_losses],
-                "config": self.config}
+                "config": self.config, "history": self.history}
 
     def to_json(self) -> str:
         return json.dumps(self.metadata(), indent=2)
@@ -73,7 +74,7 @@ class TrainedHead:
         return cls(weight=state["weight"], bias=state["bias"],
                    probabilities=state["probabilities"], head_index=meta["head_index"],
                    head_losses=[HeadLoss(**loss) for loss in meta["head_losses"]],
-                   config=meta.get("config", {}))
+                   config=meta.get("config", {}), history=meta.get("history", []))
 
 
 def head_probabilities(vectors: np.ndarray | torch.Tensor, weight: torch.Tensor,
@@ -102,8 +103,8 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
     x, neighbors = _tensor(vectors), torch.as_tensor(neighbor_indices, dtype=torch.long)
     model = MultiHead(x.shape[1], n_clusters, n_heads)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        _train_epoch(model, optimizer, x, neighbors, batch_size, entropy_weight, generator)
+    epoch_losses = [_train_epoch(model, optimizer, x, neighbors, batch_size, entropy_weight,
+                                 generator) for _ in range(epochs)]
     losses = [head_loss(F.softmax(logits, dim=1), neighbors, entropy_weight)
               for logits in _eval(model, x)]
     kept = best_head([loss.total for loss in losses])
@@ -113,23 +114,29 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
               "k": neighbors.shape[1]}
     return TrainedHead(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
                          probabilities=F.softmax(_eval(model, x)[kept], dim=1), head_index=kept,
-                         head_losses=losses, config=config)
+                         head_losses=losses, config=config,
+                         history=[losses_of_heads[kept] for losses_of_heads in epoch_losses])
 
 
 def _train_epoch(model: MultiHead, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  neighbors: torch.Tensor, batch_size: int, entropy_weight: float,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator) -> list[float]:
     """One pass; heads are summed into one loss, as in SCAN. Full batches only (the entropy of
-    a batch mean over a handful of samples is noise), unless the data is smaller than one."""
+    a batch mean over a handful of samples is noise), unless the data is smaller than one.
+    Returns each head's mean batch loss."""
     n, k = neighbors.shape
     partner = neighbors[torch.arange(n), torch.randint(k, (n,), generator=generator)]
-    for batch in _batches(torch.randperm(n, generator=generator), batch_size):
+    batches = _batches(torch.randperm(n, generator=generator), batch_size)
+    totals = torch.zeros(len(model.heads))
+    for batch in batches:
         anchor_logits, neighbor_logits = model(x[batch]), model(x[partner[batch]])
-        loss = sum(fusc_loss(a, b, entropy_weight)[0]
-                   for a, b in zip(anchor_logits, neighbor_logits))
+        losses = torch.stack([fusc_loss(a, b, entropy_weight)[0]
+                              for a, b in zip(anchor_logits, neighbor_logits)])
         optimizer.zero_grad()
-        loss.backward()
+        losses.sum().backward()
         optimizer.step()
+        totals += losses.detach()
+    return (totals / len(batches)).tolist()
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -204,19 +211,17 @@ def self_label(vectors: np.ndarray, start: TrainedHead, neighbor_indices: np.nda
     head = torch.nn.Linear(x.shape[1], start.n_clusters)
     head.load_state_dict({"weight": start.weight.clone(), "bias": start.bias.clone()})
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    history = []
     for _ in range(epochs):
         with torch.no_grad():
             labels, labelled = confident_targets(F.softmax(head(x), dim=1), threshold,
                                                  min_per_cluster)
         weights = class_balance_weights(labels[labelled], start.n_clusters)
         order = labelled.nonzero().flatten()
-        for batch in _batches(order[torch.randperm(len(order), generator=generator)],
-                              batch_size):
-            strong = _perturb(x[batch], noise, dropout, generator)
-            loss = F.cross_entropy(head(strong), labels[batch], weight=weights)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        batches = _batches(order[torch.randperm(len(order), generator=generator)], batch_size)
+        history.append(sum(_self_label_step(head, optimizer, _perturb(x[b], noise, dropout,
+                                                                      generator),
+                                            labels[b], weights) for b in batches) / len(batches))
     with torch.no_grad():
         probabilities = F.softmax(head(x), dim=1)
     settings = {"threshold": threshold, "epochs": epochs, "lr": lr, "noise": noise,
@@ -224,26 +229,38 @@ def self_label(vectors: np.ndarray, start: TrainedHead, neighbor_indices: np.nda
     return judge_self_label(start, head.weight.detach().clone(), head.bias.detach().clone(),
                             probabilities, neighbor_indices, settings, threshold=threshold,
                             min_per_cluster=min_per_cluster, loss_tolerance=loss_tolerance,
-                            min_stability=min_stability)
+                            min_stability=min_stability, history=history)
+
+
+def _self_label_step(head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
+                     strong: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> float:
+    """One class-balanced cross-entropy step on perturbed features; returns the loss."""
+    loss = F.cross_entropy(head(strong), labels, weight=weights)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss)
 
 
 def judge_self_label(start: TrainedHead, weight: torch.Tensor, bias: torch.Tensor,
                      probabilities: torch.Tensor, neighbor_indices: np.ndarray,
                      settings: dict, *, threshold: float, min_per_cluster: int = 5,
-                     loss_tolerance: float = 0.05, min_stability: float = 0.9
-                     ) -> SelfLabelOutcome:
+                     loss_tolerance: float = 0.05, min_stability: float = 0.9,
+                     history: list[float] | None = None) -> SelfLabelOutcome:
     """The self-labeled head (`weight`, `bias`, its `probabilities` on the scans that
     `start.probabilities` covers, in the same order), kept only if the FUSC loss over the
     neighbours, the smallest cluster, the confident set and the first confident labels did not
     get worse; else the outcome holds `start` and the reasons. Shared by the frozen and the
-    network self-labeling, so both are judged alike."""
+    network self-labeling, so both are judged alike. `history`: the training loss of each
+    epoch, kept with the result."""
     neighbors = torch.as_tensor(neighbor_indices, dtype=torch.long)
     entropy_weight = start.config.get("entropy_weight",
                                       default_of(ClusterConfig, "entropy_weight"))
     result = TrainedHead(weight=weight, bias=bias, probabilities=probabilities,
                            head_index=start.head_index,
                            head_losses=[head_loss(probabilities, neighbors, entropy_weight)],
-                           config={**start.config, "self_label": settings})
+                           config={**start.config, "self_label": settings},
+                           history=history or [])
     before = health(start.probabilities, neighbors, entropy_weight, threshold)
     after = health(probabilities, neighbors, entropy_weight, threshold)
     first_labels, first = confident_targets(start.probabilities, threshold, min_per_cluster)

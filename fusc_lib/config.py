@@ -275,6 +275,61 @@ PROFILES: dict[str, dict] = {
 }
 
 
+# ------------------------------------------------------------------ evaluate, report
+
+LabelsFile = Annotated[str | None, Field(
+    description="CSV or Parquet of view labels, used only to score: a `view` column, an "
+                "optional `site`, and `image_id`, `path` or `file` naming the scan (matched by "
+                "path, then file name, then content). Default: the view names typed on the "
+                "scans, as ingest read them (the paper's own evaluation).")]
+
+
+class EvaluateConfig(BaseModel):
+    """Every option of `fusc evaluate`."""
+
+    cluster_model: ClusterModelVersion = None
+    labels: LabelsFile = None
+    seeds: int = Field(0, ge=0, le=100, description="Also retrain the model's cluster heads "
+                       "with seeds 0..N-1 on its embeddings and report mean and spread of "
+                       "every metric. 0: score the stored model only.")
+    sweep: list[int] | None = Field(None, description="Numbers of clusters to try, e.g. "
+                                    "4,6,10,15,20: heads trained at each K on the stored "
+                                    "embeddings (several seeds), scored without labels; names "
+                                    "the K it would pick and why.")
+    baseline_scans: int = Field(10_000, ge=10, description="Labelled scans (a seeded sample) "
+                                "the k-means baselines cluster.")
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _comma_separated(cls, sweep: Any) -> Any:
+        if not isinstance(sweep, str):
+            return sweep
+        try:
+            return [int(k) for k in sweep.split(",") if k.strip()]
+        except ValueError:
+            raise ValueError(f"--sweep {sweep!r}: give numbers of clusters, e.g. 4,6,10") from None
+
+    @field_validator("sweep")
+    @classmethod
+    def _at_least_two_clusters(cls, sweep: list[int] | None) -> list[int] | None:
+        if sweep is not None and (not sweep or min(sweep) < 2):
+            raise ValueError("--sweep takes numbers of clusters of 2 or more, e.g. 4,6,10")
+        return sorted(set(sweep)) if sweep else sweep
+
+
+class ReportConfig(BaseModel):
+    """Every option of `fusc report`."""
+
+    cluster_model: ClusterModelVersion = None
+    labels: LabelsFile = None
+    montage: int = Field(8, ge=1, le=64, description="Scans shown per cluster in each "
+                         "montage: its most and its least confident.")
+    map_points: int = Field(2000, ge=10, le=20_000, description="Scans drawn on the 2-D map "
+                            "(a seeded sample; UMAP of the clustering space).")
+    output: str | None = Field(None, description="HTML file to write. Default: "
+                               "<workdir>/reports/<version>/report.html.")
+
+
 # ------------------------------------------------------------------ run
 
 # Views averaged per scan for clustering: mild augmentations average the machine style out

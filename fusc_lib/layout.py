@@ -11,6 +11,8 @@
       models/cluster/<version>/         model.json, head.pt; models/cluster/current.json
       models/sites/site_model.json      the style groups `fusc sites` inferred
       exports/assignments.csv           what `fusc run` exports
+      reports/<version>/                metrics.json (`fusc evaluate`, schemas/metrics.py),
+                                        labels.parquet (the labels it matched), report.html
 
 `Workdir` (fusc_lib/store.py) joins these to its root; code inside a model folder (encoders,
 heads, training state) joins the file names below to the folder it is given.
@@ -28,6 +30,12 @@ CLUSTER_MODELS = ("models", "cluster")
 CURRENT_CLUSTER_MODEL = (*CLUSTER_MODELS, "current.json")
 SITE_MODEL = ("models", "sites", "site_model.json")
 RUN_EXPORT = ("exports", "assignments.csv")
+REPORTS = "reports"
+
+# Files inside a report folder.
+METRICS = "metrics.json"  # `fusc evaluate`'s figures, schema in schemas/metrics.py
+MATCHED_LABELS = "labels.parquet"  # image_id, view, site, super_class of the scored scans
+REPORT_PAGE = "report.html"  # `fusc report`'s self-contained page
 
 # Files inside a model folder.
 ENCODER_INFO = "encoder.json"  # backbone name, input size, normalisation

@@ -54,7 +54,50 @@ def score_clusters(labels: Sequence, clusters: Sequence[int]) -> ClusterScores:
 
 
 def kmeans_clusters(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """(N,) k-means cluster of each of the (N, D) vectors (scikit-learn, 10 initialisations)."""
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+
+
+def size_entropy(sizes: Sequence[int]) -> float:
+    """Entropy of the cluster sizes over log K: 1 when all K clusters are equal, 0 when one
+    cluster holds everything (empty clusters count, so they lower it)."""
+    counts = np.asarray(sizes, dtype=np.float64)
+    if len(counts) < 2 or counts.sum() == 0:
+        return 0.0
+    shares = counts[counts > 0] / counts.sum()
+    return float(-(shares * np.log(shares)).sum() / np.log(len(counts)))
+
+
+def stability(clusterings: Sequence[Sequence[int]]) -> float:
+    """Mean adjusted Rand index between every pair of clusterings of the same scans: 1 when
+    every run finds the same partition (Lange et al. 2004, "Stability-based validation of
+    clustering solutions"). Raises ValueError for fewer than two clusterings."""
+    if len(clusterings) < 2:
+        raise ValueError("stability needs at least two clusterings")
+    pairs = [adjusted_rand_score(a, b) for i, a in enumerate(clusterings)
+             for b in clusterings[i + 1:]]
+    return float(np.mean(pairs))
+
+
+def confusion(labels: Sequence[str], clusters: Sequence[int], n_clusters: int
+              ) -> tuple[list[str], np.ndarray]:
+    """(label names sorted, (L, n_clusters) counts): scans of each label in each cluster id,
+    empty clusters included as zero columns."""
+    names = sorted(set(labels))
+    row = {name: i for i, name in enumerate(names)}
+    counts = np.zeros((len(names), n_clusters), dtype=np.int64)
+    np.add.at(counts, ([row[label] for label in labels], np.asarray(clusters, dtype=np.int64)), 1)
+    return names, counts
+
+
+def top_labels(counts: np.ndarray, names: Sequence[str], n: int = 3) -> list[tuple[str, float]]:
+    """The `n` most frequent labels of one cluster's column of counts, with their shares of
+    it, largest first; ties by name; none for an empty cluster (the paper's Table 4)."""
+    total = counts.sum()
+    if total == 0:
+        return []
+    order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))[:n]
+    return [(names[i], float(counts[i] / total)) for i in order if counts[i] > 0]
 
 
 def knn_accuracy(vectors: np.ndarray, labels: Sequence, k: int = 10) -> float:

@@ -155,3 +155,75 @@ def cluster_scores(store, version: str, labels: list[Path]) -> None:
     table.add_row(*(f"{scores[key]:.3f}" for key in (
         "purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")))
     Console().print(table)
+
+
+def evaluation(result, path: str) -> None:
+    """`fusc evaluate`'s tables (stdout): scores and baselines, the paper's Table 4, the seeds'
+    spread, the K sweep; then the flags and where metrics.json is."""
+    free = result.label_free
+    say(f"model {result.version}: {free.scans} scans in {result.n_clusters} clusters, sizes "
+        f"{free.sizes}; mean confidence {free.mean_confidence:.2f}; size entropy "
+        f"{free.size_entropy:.2f}" + (f"; NMI against site {free.nmi_site:.3f} (lower = less "
+                                      "hospital in the clusters)" if free.nmi_site is not None
+                                      else ""))
+    if result.views:
+        _scores_table(result)
+        for name, labelled in (("views", result.views), ("super-classes", result.super_classes)):
+            _cluster_table(name, labelled)
+    else:
+        say("no labels: no scan carries a typed view name and no --labels was given")
+    if result.label_rows_unmatched:
+        warn(f"{result.label_rows_unmatched} label rows name no scan of this workdir")
+    if result.seeds:
+        _spread_table(result.seeds.spread, len(result.seeds.runs))
+    if result.sweep:
+        _sweep_table(result.sweep)
+    for flag in result.flags:
+        warn(flag.message)
+    say(f"metrics: {path}")
+
+
+def _scores_table(result) -> None:
+    from fusc_lib.evaluation import score_rows
+
+    table = Table(title=f"clusters against {result.labels_source} (labels used only to score)")
+    for column in ("", "scans", "purity", "NMI", "Hungarian acc.", "ARI", "smallest cluster"):
+        table.add_column(column)
+    for row in score_rows(result):
+        table.add_row(row["name"], str(row["scans"]), *(f"{v:.3f}" for v in row["values"]))
+    Console().print(table)
+
+
+def _cluster_table(name: str, labelled) -> None:
+    table = Table(title=f"per cluster ({name}; the paper's Table 4)")
+    for column in ("cluster", "name", "scans", "labelled", "top 3", "mean conf."):
+        table.add_column(column)
+    for row in labelled.per_cluster:
+        top = ", ".join(f"{v.view} {v.share:.0%}" for v in row.top_views) or "-"
+        table.add_row(str(row.cluster_id), row.name or "", str(row.size), str(row.labelled), top,
+                      f"{row.mean_confidence:.2f}")
+    Console().print(table)
+
+
+def _spread_table(spread: dict, runs: int) -> None:
+    table = Table(title=f"over {runs} seeds")
+    for column in ("figure", "mean", "std", "min", "max"):
+        table.add_column(column)
+    for name, value in spread.items():
+        table.add_row(name, *(f"{v:.3f}" for v in (value.mean, value.std, value.min, value.max)))
+    Console().print(table)
+
+
+def _sweep_table(sweep) -> None:
+    table = Table(title="choosing K (label-free; scores only where labelled)")
+    for column in ("K", "seeds", "stability (ARI)", "FUSC loss", "size entropy",
+                   "smallest cluster", "empty", "purity", "NMI", "Hungarian acc."):
+        table.add_column(column)
+    for p in sweep.points:
+        labelled = ([f"{p.scores.purity:.3f}", f"{p.scores.nmi:.3f}", f"{p.scores.accuracy:.3f}"]
+                    if p.scores else ["", "", ""])
+        table.add_row(str(p.k), str(p.seeds), f"{p.stability:.3f}", f"{p.fusc_loss:.3f}",
+                      f"{p.size_entropy:.3f}", f"{p.smallest_cluster_share:.3f}",
+                      f"{p.empty_clusters:g}", *labelled)
+    Console().print(table)
+    say(f"[bold]pick {sweep.reason}[/bold]")

@@ -19,7 +19,14 @@ import pyarrow.fs as pafs
 
 from fusc_lib import artifacts
 from fusc_lib.config import DEFAULT_WORKDIR
-from fusc_lib.layout import CLUSTER_MODELS, ENCODER_INFO, LANCEDB, SSL_RUNS
+from fusc_lib.layout import (
+    CLUSTER_MODEL_INFO,
+    CLUSTER_MODELS,
+    ENCODER_INFO,
+    LANCEDB,
+    REPORTS,
+    SSL_RUNS,
+)
 from schemas.tables import (
     ASSIGNMENTS,
     EMBEDDING_KEY,
@@ -221,14 +228,24 @@ class Workdir:
     def cluster_model_dir(self, version: str) -> str:
         return self.path(*CLUSTER_MODELS, version)
 
+    def report_dir(self, version: str) -> str:
+        return self.path(REPORTS, version)
+
     def ssl_runs(self, marker: str = ENCODER_INFO) -> list[str]:
         """Names of the SSL runs holding `marker` (what a finished run exports), oldest first."""
-        filesystem, root = pafs.FileSystem.from_uri(self.path(*SSL_RUNS))
-        runs = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        configs = filesystem.get_file_info([f"{r.path}/{marker}" for r in runs
-                                            if r.type == pafs.FileType.Directory])
-        found = [c for c in configs if c.type == pafs.FileType.File]
-        return [c.path.rsplit("/", 2)[-2] for c in sorted(found, key=lambda c: c.mtime)]
+        return self._model_folders(SSL_RUNS, marker)
+
+    def cluster_versions(self) -> list[str]:
+        """Every cluster model version saved here, current or not, oldest first."""
+        return self._model_folders(CLUSTER_MODELS, CLUSTER_MODEL_INFO)
+
+    def _model_folders(self, parts: tuple[str, ...], marker: str) -> list[str]:
+        filesystem, root = pafs.FileSystem.from_uri(self.path(*parts))
+        folders = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        markers = filesystem.get_file_info([f"{f.path}/{marker}" for f in folders
+                                            if f.type == pafs.FileType.Directory])
+        found = [m for m in markers if m.type == pafs.FileType.File]
+        return [m.path.rsplit("/", 2)[-2] for m in sorted(found, key=lambda m: m.mtime)]
 
     # --- small JSON artifacts (configs the stages share) ---
 

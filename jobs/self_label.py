@@ -75,7 +75,9 @@ def run_self_label(workdir: Workdir, config: SelfLabelConfig,
     sizes = np.bincount(outcome.result.assignments, minlength=start.n_clusters).tolist()
     notes = {"stage": "self-label", "mode": config.mode, "input": start.version,
              "accepted": outcome.accepted, "reasons": outcome.reasons,
-             "label_stability": outcome.label_stability, "sizes": sizes}
+             "label_stability": outcome.label_stability, "sizes": sizes,
+             "confident_before": outcome.before.confident_share,
+             "confident_after": outcome.after.confident_share}
     model = ClusterModel(version=new_version(start.n_clusters, "-sl"), embedding=embedding,
                          centering=centering, site_model=start.site_model,
                          head=outcome.result, names=start.names, notes=notes)

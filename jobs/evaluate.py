@@ -1,0 +1,223 @@
+"""`fusc evaluate`: how good a cluster model is, with or without labels.
+
+Reads the model, its assignments, its clustering space (embeddings centred per site) and the
+mined neighbours; scores the clusters against labels (a file, or the typed view names) and
+their super-classes; runs the k-means baselines on a sample of the labelled scans; retrains
+the heads with `seeds` seeds and sweeps K when asked; flags degenerate results. Writes
+`reports/<version>/metrics.json` (schemas/metrics.py) and the matched labels beside it.
+Runs on the driver: every step is a matrix of at most N × D floats (see bench/report.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.cluster_model import ClusterModel, model_info
+from fusc_lib.clustering import TrainedHead, head_loss, train_cluster_heads
+from fusc_lib.clustering_space import ClusteringSpace, clustering_space, load_neighbors
+from fusc_lib.config import ClusterConfig, EvaluateConfig, default_of
+from fusc_lib.evaluation import figures_of, flags, label_free, labelled_scores, scores, spread
+from fusc_lib.k_sweep import sweep
+from fusc_lib.labels import ScanLabels, load_labels
+from fusc_lib.layout import (
+    BACKBONE_WEIGHTS,
+    HEAD_WEIGHTS,
+    MATCHED_LABELS,
+    METRICS,
+)
+from fusc_lib.metrics import kmeans_clusters
+from fusc_lib.models.encoder import parse_embedding_key
+from fusc_lib.preprocess import decode_png
+from fusc_lib.store import Workdir, rows_by_id
+from schemas.metrics import Baseline, Evaluation, SeedRun, SeedsSummary
+from schemas.tables import SCANS
+
+PIXEL_SIDE = 32  # raw-pixel baseline: the stored image shrunk to 32 × 32 grey levels
+HEAD_OPTIONS = ("n_heads", "entropy_weight", "epochs", "batch_size", "lr", "weight_decay")
+
+
+class ModelData:
+    """A model with what it is scored on, rows in the clustering space's (image id) order."""
+
+    def __init__(self, workdir: Workdir, model: ClusterModel):
+        self.model = model
+        self.space: ClusteringSpace = clustering_space(workdir, model.embedding)
+        self.neighbors = load_neighbors(workdir, model.embedding, self.space.image_ids)
+        assigned = workdir.assignments(model.version, ["image_id", "cluster_id", "confidence"])
+        row = {image_id: i for i, image_id in enumerate(self.space.image_ids)}
+        keep = [image_id in row for image_id in assigned.column("image_id").to_pylist()]
+        assigned = assigned.filter(pa.array(keep)).sort_by("image_id")
+        if not assigned.num_rows:
+            raise ValueError(f"model {model.version} has assigned no scans: run `fusc assign`")
+        self.image_ids = assigned.column("image_id").to_pylist()
+        self.rows = np.asarray([row[i] for i in self.image_ids])  # into the space
+        self.clusters = assigned.column("cluster_id").to_numpy()
+        self.confidences = assigned.column("confidence").to_numpy()
+
+    @property
+    def sites(self) -> list[str]:
+        return [self.space.sites[r] for r in self.rows]
+
+    def fusc_loss(self, head: TrainedHead) -> float:
+        entropy_weight = head.config.get("entropy_weight",
+                                         default_of(ClusterConfig, "entropy_weight"))
+        probabilities = head.predict(self.space.vectors)
+        return head_loss(probabilities, torch.as_tensor(self.neighbors), entropy_weight).total
+
+    def train(self, k: int, seed: int) -> TrainedHead:
+        """The model's heads trained again at `k` clusters with `seed` (its other settings)."""
+        options = {name: value for name, value in self.model.head.config.items()
+                   if name in HEAD_OPTIONS}
+        return train_cluster_heads(self.space.vectors, self.neighbors, k, **options, seed=seed)
+
+
+def run_evaluate(workdir: Workdir, config: EvaluateConfig,
+                 progress: Callable[[str], None] = lambda _: None) -> Evaluation:
+    """Evaluate a cluster model and write its metrics.json; returns what was written.
+
+    Raises ValueError when the model, its assignments, its embeddings or neighbours are
+    missing (the message names the command to run), or the label file cannot be read.
+    """
+    model = ClusterModel.load(workdir, config.cluster_model)
+    data = ModelData(workdir, model)
+    labels = load_labels(workdir, config.labels)
+    figures = label_free(data.clusters, model.n_clusters, confidences=data.confidences,
+                         fusc_loss=data.fusc_loss(model.head), sites=data.sites)
+    views = _labelled(data, labels.views)
+    evaluation = Evaluation(
+        version=model.version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        embedding=model.embedding, n_clusters=model.n_clusters,
+        labels_source=labels.source if views else None, label_rows_unmatched=labels.unmatched,
+        label_free=figures, views=views,
+        super_classes=_labelled(data, labels.super_classes()) if views else None,
+        flags=flags(figures, model.n_clusters, _self_label_records(workdir, model)),
+        weights=model_weights(workdir, model), config=model.head.metadata())
+    if views:
+        progress("k-means baselines")
+        evaluation.baselines = baselines(workdir, data, labels, config.baseline_scans)
+    if config.seeds:
+        evaluation.seeds = _seeds(workdir, data, labels, config.seeds, progress)
+    if config.sweep:
+        evaluation.sweep = sweep(config.sweep, config.seeds, data.train,
+                                 [labels.views.get(data.space.image_ids[r]) for r in
+                                  range(len(data.space.image_ids))] if views else None,
+                                 progress)
+    _write(workdir, evaluation, data, labels)
+    return evaluation
+
+
+def _labelled(data: ModelData, labels: dict[str, str]):
+    """Scores of the assigned scans that carry a label, or None when fewer than two do."""
+    known = np.asarray([i in labels for i in data.image_ids])
+    if known.sum() < 2:
+        return None
+    named = [labels[i] for i in np.asarray(data.image_ids)[known]]
+    sizes = np.bincount(data.clusters, minlength=data.model.n_clusters)
+    return labelled_scores(named, data.clusters[known], data.confidences[known],
+                           data.model.n_clusters, data.model.names, sizes)
+
+
+def baselines(workdir: Workdir, data: ModelData, labels: ScanLabels, most: int) -> list[Baseline]:
+    """k-means with the model's K on a seeded sample of at most `most` labelled scans: on the
+    embeddings as stored, on the site-centred ones, and on raw pixels; each beside the model's
+    scores on the same sample."""
+    labelled = np.flatnonzero([i in labels.views for i in data.image_ids])
+    sample = np.sort(np.random.default_rng(0).permutation(labelled)[:most])
+    ids = [data.image_ids[i] for i in sample]
+    views = [labels.views[i] for i in ids]
+    model = scores(views, data.clusters[sample])
+    rows = data.rows[sample]
+    inputs = {"k-means, embeddings": ("embeddings as stored", data.space.raw[rows]),
+              "k-means, site-centred": ("embeddings centred per site", data.space.vectors[rows]),
+              "k-means, raw pixels": (f"stored image at {PIXEL_SIDE}×{PIXEL_SIDE}",
+                                      pixels(workdir, ids))}
+    k = data.model.n_clusters
+    return [Baseline(name=name, input=what, scans=len(ids), model_scores=model,
+                     scores=scores(views, kmeans_clusters(vectors, k)))
+            for name, (what, vectors) in inputs.items()]
+
+
+def pixels(workdir: Workdir, image_ids: list[str]) -> np.ndarray:
+    """(N, PIXEL_SIDE²) grey levels in [0, 1] of the stored images, rows in `image_ids` order."""
+    table = rows_by_id(workdir.table_uri(SCANS), image_ids, ["image_id", "image"])
+    by_id = dict(zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()))
+    small = [cv2.resize(_grey(decode_png(by_id[i])), (PIXEL_SIDE, PIXEL_SIDE),
+                        interpolation=cv2.INTER_AREA) for i in image_ids]
+    return np.stack(small).reshape(len(image_ids), -1).astype(np.float32) / 255.0
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def _seeds(workdir: Workdir, data: ModelData, labels: ScanLabels, n: int,
+           progress: Callable[[str], None]) -> SeedsSummary:
+    """The heads trained again with seeds 0..n-1: each run's figures, then their spread."""
+    weights = {k: v for k, v in model_weights(workdir, data.model).items()
+               if not k.endswith(HEAD_WEIGHTS)}  # a retrained head loads no head weights
+    runs = []
+    for seed in range(n):
+        progress(f"seed {seed + 1}/{n}")
+        head = data.train(data.model.n_clusters, seed)
+        clusters = head.assignments[data.rows]
+        figures = label_free(clusters, head.n_clusters,
+                             confidences=head.probabilities.max(dim=1).values.numpy()[data.rows],
+                             fusc_loss=head.head_losses[head.head_index].total, sites=data.sites)
+        known = np.asarray([i in labels.views for i in data.image_ids])
+        view_scores = scores([labels.views[i] for i in np.asarray(data.image_ids)[known]],
+                             clusters[known]) if known.sum() >= 2 else None
+        runs.append(SeedRun(seed=seed, config=head.config, weights=weights,
+                            label_free=figures, scores=view_scores))
+    return SeedsSummary(runs=runs, spread=spread([figures_of(r.label_free, r.scores)
+                                                  for r in runs]))
+
+
+def model_weights(workdir: Workdir, model: ClusterModel) -> dict[str, str]:
+    """sha256 of every weight file the model loads: the backbone of its embedding's SSL run
+    (none for a pretrained embedding: its weights are a pip package's) and its head."""
+    run, _ = parse_embedding_key(model.embedding)
+    files = [f"{workdir.ssl_run_dir(run)}/{BACKBONE_WEIGHTS}",
+             f"{workdir.cluster_model_dir(model.version)}/{HEAD_WEIGHTS}"]
+    return {path: hashlib.sha256(read_bytes(path)).hexdigest() for path in files if exists(path)}
+
+
+def _self_label_records(workdir: Workdir, model: ClusterModel) -> list[dict]:
+    """Notes of the self-label stages behind this model: its own when it is one, and every
+    rejected try that started from it."""
+    records = [model.notes] if model.notes.get("stage") == "self-label" else []
+    for version in workdir.cluster_versions():
+        notes = model_info(workdir, version).get("notes", {})
+        if notes.get("input") == model.version and notes.get("accepted") is False:
+            records.append(notes)
+    return records
+
+
+def _write(workdir: Workdir, evaluation: Evaluation, data: ModelData, labels: ScanLabels) -> None:
+    folder = workdir.report_dir(evaluation.version)
+    write_bytes(f"{folder}/{METRICS}",
+                json.dumps(evaluation.model_dump(mode="json"), indent=1).encode())
+    ids = [i for i in data.image_ids if i in labels.views]
+    merged = labels.super_classes()
+    table = pa.table({"image_id": ids, "view": [labels.views[i] for i in ids],
+                      "site": [labels.sites.get(i) for i in ids],
+                      "super_class": [merged[i] for i in ids]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes(f"{folder}/{MATCHED_LABELS}", buffer.getvalue())
+
+
+def read_evaluation(workdir: Workdir, version: str) -> Evaluation | None:
+    """The metrics.json `fusc evaluate` wrote for `version`, or None."""
+    path = f"{workdir.report_dir(version)}/{METRICS}"
+    return Evaluation.model_validate_json(read_bytes(path)) if exists(path) else None
