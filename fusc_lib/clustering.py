@@ -239,7 +239,7 @@ def _self_label_step(head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 def judge_self_label(start: TrainedHead, weight: torch.Tensor, bias: torch.Tensor,

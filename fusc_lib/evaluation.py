@@ -145,13 +145,13 @@ def score_rows(evaluation: Evaluation) -> list[dict]:
     """The scores table: the model on views and super-classes, then every baseline beside the
     model on the baselines' sample."""
     rows = [{"name": "model, views", "scans": evaluation.views.scans,
-             "values": list(evaluation.views.scores.model_dump().values())},
+             "figures": list(evaluation.views.scores.model_dump().values())},
             {"name": "model, super-classes", "scans": evaluation.super_classes.scans,
-             "values": list(evaluation.super_classes.scores.model_dump().values())}]
+             "figures": list(evaluation.super_classes.scores.model_dump().values())}]
     if evaluation.baselines:
         sample = evaluation.baselines[0]
         rows.append({"name": "model on the baselines' sample", "scans": sample.scans,
-                     "values": list(sample.model_scores.model_dump().values())})
-    rows += [{"name": b.name, "scans": b.scans, "values": list(b.scores.model_dump().values())}
+                     "figures": list(sample.model_scores.model_dump().values())})
+    rows += [{"name": b.name, "scans": b.scans, "figures": list(b.scores.model_dump().values())}
              for b in evaluation.baselines]
     return rows

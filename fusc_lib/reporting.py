@@ -168,6 +168,9 @@ def evaluation(result, path: str) -> None:
                                       else ""))
     if result.views:
         _scores_table(result)
+        if result.views.nmi_site is not None:
+            say(f"NMI of the clusters against the label file's sites: "
+                f"{result.views.nmi_site:.3f} (lower = less hospital in the clusters)")
         for name, labelled in (("views", result.views), ("super-classes", result.super_classes)):
             _cluster_table(name, labelled)
     else:
@@ -190,7 +193,7 @@ def _scores_table(result) -> None:
     for column in ("", "scans", "purity", "NMI", "Hungarian acc.", "ARI", "smallest cluster"):
         table.add_column(column)
     for row in score_rows(result):
-        table.add_row(row["name"], str(row["scans"]), *(f"{v:.3f}" for v in row["values"]))
+        table.add_row(row["name"], str(row["scans"]), *(f"{v:.3f}" for v in row["figures"]))
     Console().print(table)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
 from fusc_lib.cluster_model import ClusterModel, model_info
@@ -31,16 +32,15 @@ from fusc_lib.evaluation import figures_of, flags, label_free, labelled_scores, 
 from fusc_lib.k_sweep import sweep
 from fusc_lib.labels import ScanLabels, load_labels
 from fusc_lib.layout import (
-    BACKBONE_WEIGHTS,
     HEAD_WEIGHTS,
     MATCHED_LABELS,
     METRICS,
 )
 from fusc_lib.metrics import kmeans_clusters
-from fusc_lib.models.encoder import parse_embedding_key
+from fusc_lib.models.encoder import parse_embedding_key, weight_files
 from fusc_lib.preprocess import decode_png
 from fusc_lib.store import Workdir, rows_by_id
-from schemas.metrics import Baseline, Evaluation, SeedRun, SeedsSummary
+from schemas.metrics import Baseline, Evaluation, LabelledScores, SeedRun, SeedsSummary
 from schemas.tables import SCANS
 
 PIXEL_SIDE = 32  # raw-pixel baseline: the stored image shrunk to 32 × 32 grey levels
@@ -94,13 +94,13 @@ def run_evaluate(workdir: Workdir, config: EvaluateConfig,
     labels = load_labels(workdir, config.labels)
     figures = label_free(data.clusters, model.n_clusters, confidences=data.confidences,
                          fusc_loss=data.fusc_loss(model.head), sites=data.sites)
-    views = _labelled(data, labels.views)
+    views = _labelled(data, labels.views, labels.sites)
     evaluation = Evaluation(
         version=model.version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         embedding=model.embedding, n_clusters=model.n_clusters,
         labels_source=labels.source if views else None, label_rows_unmatched=labels.unmatched,
         label_free=figures, views=views,
-        super_classes=_labelled(data, labels.super_classes()) if views else None,
+        super_classes=_labelled(data, labels.super_classes(), labels.sites) if views else None,
         flags=flags(figures, model.n_clusters, _self_label_records(workdir, model)),
         weights=model_weights(workdir, model), config=model.head.metadata())
     if views:
@@ -117,15 +117,22 @@ def run_evaluate(workdir: Workdir, config: EvaluateConfig,
     return evaluation
 
 
-def _labelled(data: ModelData, labels: dict[str, str]):
-    """Scores of the assigned scans that carry a label, or None when fewer than two do."""
+def _labelled(data: ModelData, labels: dict[str, str], sites: dict[str, str]
+              ) -> LabelledScores | None:
+    """Scores of the assigned scans that carry a label, or None when fewer than two do;
+    with NMI against the label file's `sites` where it gives them all."""
     known = np.asarray([i in labels for i in data.image_ids])
     if known.sum() < 2:
         return None
-    named = [labels[i] for i in np.asarray(data.image_ids)[known]]
+    ids = np.asarray(data.image_ids)[known]
     sizes = np.bincount(data.clusters, minlength=data.model.n_clusters)
-    return labelled_scores(named, data.clusters[known], data.confidences[known],
-                           data.model.n_clusters, data.model.names, sizes)
+    result = labelled_scores([labels[i] for i in ids], data.clusters[known],
+                             data.confidences[known], data.model.n_clusters, data.model.names,
+                             sizes)
+    if all(i in sites for i in ids) and len({sites[i] for i in ids}) > 1:
+        result.nmi_site = float(normalized_mutual_info_score([sites[i] for i in ids],
+                                                             data.clusters[known]))
+    return result
 
 
 def baselines(workdir: Workdir, data: ModelData, labels: ScanLabels, most: int) -> list[Baseline]:
@@ -184,10 +191,10 @@ def _seeds(workdir: Workdir, data: ModelData, labels: ScanLabels, n: int,
 
 
 def model_weights(workdir: Workdir, model: ClusterModel) -> dict[str, str]:
-    """sha256 of every weight file the model loads: the backbone of its embedding's SSL run
-    (none for a pretrained embedding: its weights are a pip package's) and its head."""
+    """sha256 of every weight file behind the model, by path: the backbone that made its
+    embeddings (an SSL run's, or the ImageNet file of a pip package) and its head."""
     run, _ = parse_embedding_key(model.embedding)
-    files = [f"{workdir.ssl_run_dir(run)}/{BACKBONE_WEIGHTS}",
+    files = [*weight_files(workdir, run),
              f"{workdir.cluster_model_dir(model.version)}/{HEAD_WEIGHTS}"]
     return {path: hashlib.sha256(read_bytes(path)).hexdigest() for path in files if exists(path)}
 

@@ -42,7 +42,8 @@ MAP_THUMB_SIDE = 80  # pixels of the scan shown when a map point is hovered
 
 
 class ScanFacts:
-    """What the page names about each scan: file name, pseudo-view, site, label."""
+    """What the page names about each scan: file name, pseudo-view, label, and site: the label
+    file's where it gives one, else the workdir's (given or inferred)."""
 
     def __init__(self, workdir: Workdir, data: ModelData, version: str):
         scans = workdir.scans(["image_id", "source_uri", "frame", "pseudo_view"])
@@ -51,11 +52,13 @@ class ScanFacts:
                       for i, uri, frame in zip(ids, scans.column("source_uri").to_pylist(),
                                                scans.column("frame").to_pylist())}
         self.pseudo_view = dict(zip(ids, scans.column("pseudo_view").to_pylist()))
-        self.site = dict(zip(data.image_ids, data.sites))
         labels_path = f"{workdir.report_dir(version)}/{MATCHED_LABELS}"
         labelled = pq.read_table(labels_path) if exists(labels_path) else None
         self.label = (dict(zip(labelled.column("image_id").to_pylist(),
                                labelled.column("view").to_pylist())) if labelled else {})
+        given = (dict(zip(labelled.column("image_id").to_pylist(),
+                          labelled.column("site").to_pylist())) if labelled else {})
+        self.site = {i: given.get(i) or site for i, site in zip(data.image_ids, data.sites)}
 
     def view(self, image_id: str) -> str:
         """The label where there is one, else the pseudo-view."""

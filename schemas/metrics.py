@@ -78,6 +78,8 @@ class LabelledScores(BaseModel):
     scores: Scores
     per_cluster: list[ClusterRow]
     confusion: Confusion
+    nmi_site: float | None = Field(None, description="NMI of the clusters against the sites "
+                                   "the label file gives (null without): lower is better.")
 
 
 class Baseline(BaseModel):

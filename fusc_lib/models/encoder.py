@@ -20,7 +20,7 @@ from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.config import EmbedConfig, default_of
 from fusc_lib.layout import BACKBONE_WEIGHTS, ENCODER_INFO
-from fusc_lib.models.backbones import IMAGENET, RANDOM, Backbone, create_backbone
+from fusc_lib.models.backbones import IMAGENET, IMAGENET_WEIGHTS, RANDOM, Backbone, create_backbone
 from fusc_lib.store import Workdir
 
 # Model names: an SSL run of the workdir, or pretrained:<timm name>[@<input size>] (ImageNet).
@@ -128,6 +128,15 @@ def model_encoder(workdir: Workdir, model: str, device: str = "cpu") -> Encoder:
         backbone, size = _pretrained_name(model)
         return pretrained_encoder(backbone, IMAGENET, size).to(device)
     return load_encoder(workdir.ssl_run_dir(model), device=device)
+
+
+def weight_files(workdir: Workdir, model: str) -> list[str]:
+    """The weight files the encoder of a model name loads: an SSL run's backbone.pt, or the
+    ImageNet file a pip package ships (none for random weights)."""
+    if not model.startswith(PRETRAINED_PREFIX):
+        return [f"{workdir.ssl_run_dir(model)}/{BACKBONE_WEIGHTS}"]
+    weights = IMAGENET_WEIGHTS.get(_pretrained_name(model)[0])
+    return [weights.path()] if weights else []
 
 
 def backbone_of(workdir: Workdir, model: str) -> tuple[str, str, int]:
