@@ -24,7 +24,8 @@ import numpy as np
 from fusc_lib.cluster_model import ClusterModel
 from fusc_lib.clustering_space import clustering_space
 from fusc_lib.config import RunConfig, SSLConfig
-from fusc_lib.diagnostics import assigned_clusters, clustering_scores, labels_of, read_labels
+from fusc_lib.diagnostics import assigned_clusters, clustering_scores
+from fusc_lib.labels import labels_of, load_labels
 from fusc_lib.metrics import kmeans_clusters
 from fusc_lib.store import Workdir
 from jobs.run import run_all
@@ -34,7 +35,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def one_seed(dataset: Path, clusters: int, seed: int, profile: str,
              cluster_mode: str = "frozen") -> dict[str, dict]:
-    labels = read_labels([dataset / "labels.csv"])
     with tempfile.TemporaryDirectory(prefix="fusc-quality-") as root:
         store = Workdir(root)
         started = time.monotonic()
@@ -47,13 +47,14 @@ def one_seed(dataset: Path, clusters: int, seed: int, profile: str,
         run_all(store, config)
         minutes = (time.monotonic() - started) / 60
         model = ClusterModel.load(store)
+        labels = load_labels(store, dataset / "labels.csv")
         ids, assigned = assigned_clusters(store, model.version)
-        views, sites = labels_of(store, labels, ids)
+        views, sites = labels_of(labels, ids)
         results = {"fusc run": {**clustering_scores(views, sites, assigned),
                                 "minutes": minutes,
                                 "self_label": float(model.notes.get("stage") == "self-label")}}
         space = clustering_space(store, model.embedding)
-        views, sites = labels_of(store, labels, space.image_ids)
+        views, sites = labels_of(labels, space.image_ids)
         results["k-means, embeddings"] = clustering_scores(
             views, sites, kmeans_clusters(space.raw, clusters, seed))
         results["k-means, site-centred"] = clustering_scores(

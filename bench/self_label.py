@@ -20,23 +20,24 @@ from bench.quality import summarise
 from fusc_lib.cluster_model import ClusterModel
 from fusc_lib.clustering_space import clustering_space
 from fusc_lib.config import ClusterConfig, NeighborsConfig, SelfLabelConfig
-from fusc_lib.diagnostics import clustering_scores, labels_of, read_labels
+from fusc_lib.diagnostics import clustering_scores
+from fusc_lib.labels import ScanLabels, labels_of, load_labels
 from fusc_lib.store import Workdir
 from jobs.cluster import run_cluster
 from jobs.neighbors import run_neighbors
 from jobs.run import self_label_flow
 
 
-def scores(workdir: Workdir, version: str, labels: dict) -> dict[str, float]:
+def scores(workdir: Workdir, version: str, labels: ScanLabels) -> dict[str, float]:
     """Scores of a cluster model's predictions on the embedding it reads."""
     model = ClusterModel.load(workdir, version)
     space = clustering_space(workdir, model.embedding)
     clusters = model.head.predict(space.vectors).argmax(dim=1).numpy()
-    views, sites = labels_of(workdir, labels, space.image_ids)
+    views, sites = labels_of(labels, space.image_ids)
     return clustering_scores(views, sites, clusters)
 
 
-def one_seed(workdir: Workdir, embedding: str, labels: dict, clusters: int, seed: int,
+def one_seed(workdir: Workdir, embedding: str, labels: ScanLabels, clusters: int, seed: int,
              network_epochs: int) -> dict[str, dict]:
     start = run_cluster(workdir, ClusterConfig(embedding=embedding, clusters=clusters,
                                                seed=seed)).version
@@ -61,7 +62,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--network-epochs", type=int, default=10)
     args = parser.parse_args()
-    workdir, labels = Workdir(args.workdir), read_labels([args.labels])
+    workdir = Workdir(args.workdir)
+    labels = load_labels(workdir, args.labels)
     embedding = args.embedding or ClusterModel.load(workdir).embedding
     # mined again: the stored ones may be of older vectors
     run_neighbors(workdir, NeighborsConfig(embedding=embedding))

@@ -8,43 +8,28 @@ view labels (purity, NMI, Hungarian accuracy, smallest cluster) and against site
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
+from fusc_lib.labels import ScanLabels, labels_of, load_labels
 from fusc_lib.metrics import embedding_report, score_clusters
 from fusc_lib.models.encoder import Encoder, load_encoder, pretrained_encoder
 from fusc_lib.preprocess import decode_png
 from fusc_lib.store import Workdir
 
 
-def read_labels(paths: list[str | Path]) -> dict[str, tuple[str, str]]:
-    """file name -> (view, site), from CSVs with `file` or `path`, `view` and `site` columns."""
-    labels = {}
-    for path in paths:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        key = "file" if rows and "file" in rows[0] else "path"
-        labels.update({Path(row[key]).name: (row["view"], row.get("site") or "unknown")
-                       for row in rows})
-    return labels
-
-
-def labelled_scans(workdir: Workdir, labels: dict[str, tuple[str, str]]
+def labelled_scans(workdir: Workdir, labels: ScanLabels
                    ) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """The stored images of the scans named in `labels`, with their view and site."""
-    table = workdir.scans(["source_uri", "image"])
-    images, views, sites = [], [], []
-    for uri, data in zip(table.column("source_uri").to_pylist(), table.column("image").to_pylist()):
-        label = labels.get(Path(uri).name)
-        if label:
-            images.append(decode_png(data))
-            views.append(label[0])
-            sites.append(label[1])
-    return images, views, sites
+    """The stored images of the labelled scans, with their view and site."""
+    table = workdir.scans(["image_id", "image"])
+    pairs = [(i, data) for i, data in zip(table.column("image_id").to_pylist(),
+                                          table.column("image").to_pylist())
+             if i in labels.views]
+    views, sites = labels_of(labels, [i for i, _ in pairs])
+    return [decode_png(data) for _, data in pairs], views, sites
 
 
 def embed_images(encoder: Encoder, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
@@ -58,7 +43,7 @@ def embed_images(encoder: Encoder, images: list[np.ndarray], batch_size: int = 6
 def representation_report(workdir: Workdir, labels_csvs: list[str | Path], run_dir: str
                           ) -> dict[str, dict[str, float]]:
     """kNN accuracy vs view and k-means NMI vs site (and view) for random, ImageNet and SSL."""
-    images, views, sites = labelled_scans(workdir, read_labels(labels_csvs))
+    images, views, sites = labelled_scans(workdir, load_labels(workdir, labels_csvs))
     if len(set(views)) < 2:
         raise ValueError("the labels name fewer than two views of this workdir's scans")
     trained = load_encoder(run_dir)
@@ -72,19 +57,6 @@ def representation_report(workdir: Workdir, labels_csvs: list[str | Path], run_d
     return {variant: {"scans": len(images),
                       **embedding_report(embed_images(encoder, images), views, sites)}
             for variant, encoder in encoders.items()}
-
-
-def labels_of(workdir: Workdir, labels: dict[str, tuple[str, str]], image_ids: list[str]
-              ) -> tuple[list[str], list[str]]:
-    """(views, sites) of the given scans, by the file name of their source."""
-    scans = workdir.scans(["image_id", "source_uri"])
-    name = dict(zip(scans.column("image_id").to_pylist(),
-                    (Path(u).name for u in scans.column("source_uri").to_pylist())))
-    missing = [i for i in image_ids if name[i] not in labels]
-    if missing:
-        raise ValueError(f"{len(missing)} scans are not in the labels (e.g. {name[missing[0]]})")
-    pairs = [labels[name[i]] for i in image_ids]
-    return [view for view, _ in pairs], [site for _, site in pairs]
 
 
 def clustering_scores(views: list[str], sites: list[str], clusters: np.ndarray

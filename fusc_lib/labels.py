@@ -5,7 +5,7 @@ A label file is CSV or Parquet: a `view` column, an optional `site`, and `image_
 1. by image id;
 2. by path: the scan's (or its byte-identical copy's) source, as written or resolved against
    the label file's folder;
-3. by file name, where exactly one ingested file has it;
+3. by file name, where the files of that name hold the same scans (one file, or its copies);
 4. by content: the sha256 of the file the row names is the id of its scan, so a copy renamed
    by a PACS export still matches.
 A row naming a multi-frame file labels each of its frames. Rows matching no scan are counted.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +53,33 @@ class ScanLabels:
                 for image_id, view in self.views.items()}
 
 
-def load_labels(workdir: Workdir, path: str | Path | None) -> ScanLabels:
-    """The labels of the workdir's scans: from `path`, else the pseudo-views.
+def load_labels(workdir: Workdir, paths: str | Path | Sequence[str | Path] | None
+                ) -> ScanLabels:
+    """The labels of the workdir's scans: from the file(s) at `paths` (a later file's row wins
+    over an earlier one's), else the pseudo-views.
 
-    Raises ValueError when the file lacks a `view` column or every key column, or is neither
+    Raises ValueError when a file lacks a `view` column or every key column, or is neither
     CSV nor Parquet.
     """
-    return label_file(workdir, Path(path)) if path else pseudo_view_labels(workdir)
+    if not paths:
+        return pseudo_view_labels(workdir)
+    files = [label_file(workdir, Path(p)) for p in
+             ([paths] if isinstance(paths, str | Path) else paths)]
+    return ScanLabels(source=", ".join(f.source for f in files),
+                      views={i: v for f in files for i, v in f.views.items()},
+                      sites={i: s for f in files for i, s in f.sites.items()},
+                      unmatched=sum(f.unmatched for f in files))
+
+
+def labels_of(labels: ScanLabels, image_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(views, sites) of the given scans, `unknown` where no site is given. Raises ValueError
+    naming how many of the scans carry no label."""
+    missing = [i for i in image_ids if i not in labels.views]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(image_ids)} scans have no label in "
+                         f"{labels.source} (e.g. image id {missing[0]})")
+    return ([labels.views[i] for i in image_ids],
+            [labels.sites.get(i, UNKNOWN) for i in image_ids])
 
 
 def pseudo_view_labels(workdir: Workdir) -> ScanLabels:
@@ -113,11 +134,13 @@ class _Matcher:
                 self.by_path[_normal(uri)].add(image_id)
         for image_id in scans.column("image_id").to_pylist():
             self.frames[image_id.split("-f")[0]].append(image_id)
-        by_name: dict[str, set[str]] = defaultdict(set)
-        for uri in self.by_path:
-            by_name[os.path.basename(uri)].add(uri)
-        self.unique_names = {name: next(iter(uris)) for name, uris in by_name.items()
-                             if len(uris) == 1}
+        # A name is kept when every file of that name holds the same scans (a copy in a
+        # re-export folder keeps its name): two different files of one name stay ambiguous.
+        scans_named: dict[str, set[frozenset[str]]] = defaultdict(set)
+        for uri, image_ids in self.by_path.items():
+            scans_named[os.path.basename(uri)].add(frozenset(image_ids))
+        self.by_name = {name: sorted(next(iter(found))) for name, found in scans_named.items()
+                        if len(found) == 1}
 
     def match(self, row: dict) -> list[str]:
         if row.get("image_id"):
@@ -129,10 +152,8 @@ class _Matcher:
         for candidate in (written, str(self.folder / written)):
             if _normal(candidate) in self.by_path:
                 return sorted(self.by_path[_normal(candidate)])
-        name = self.unique_names.get(os.path.basename(written))
-        if name:
-            return sorted(self.by_path[name])
-        return self._by_content(self.folder / written)
+        return (self.by_name.get(os.path.basename(written))
+                or self._by_content(self.folder / written))
 
     def _by_content(self, path: Path) -> list[str]:
         if not path.is_file():

@@ -142,11 +142,12 @@ def run_summary(summary, store, labels: list[Path] | None) -> None:
 
 
 def cluster_scores(store, version: str, labels: list[Path]) -> None:
-    from fusc_lib.diagnostics import assigned_clusters, clustering_scores, labels_of, read_labels
+    from fusc_lib.diagnostics import assigned_clusters, clustering_scores
+    from fusc_lib.labels import labels_of, load_labels
 
     ids, clusters = assigned_clusters(store, version)
     with user_errors():
-        views, sites = labels_of(store, read_labels(labels), ids)
+        views, sites = labels_of(load_labels(store, labels), ids)
     scores = clustering_scores(views, sites, clusters)
     table = Table(title="clusters against the labels (used only to score)")
     for name in ("purity", "NMI (view)", "Hungarian acc.", "smallest cluster",
