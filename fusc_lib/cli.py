@@ -404,12 +404,12 @@ def report(
     with --sweep). Prints the page's path.
     """
     from fusc_lib.store import Workdir
-    from jobs.report import run_report
+    from jobs.run import report_flow
 
     with user_errors():
         config = settings(ReportConfig, locals(), labels=str(labels) if labels else None,
                           output=str(output) if output else None)
-        path = run_report(Workdir(workdir), config, progress=say)
+        path = report_flow(Workdir(workdir), config, progress=say)
     say(f"report: {path}")
 
 

@@ -138,7 +138,8 @@ def run_summary(summary, store, labels: list[Path] | None) -> None:
         warn(warning)
     if labels:
         cluster_scores(store, summary.version, labels)
-    say(f"assignments: {summary.export}\ntables: {store.lancedb_uri}")
+    say(f"assignments: {summary.export}\ntables: {store.lancedb_uri}\nnext: fusc report "
+        f"--workdir {store.root} (what each cluster holds, in a browser)")
 
 
 def cluster_scores(store, version: str, labels: list[Path]) -> None:

@@ -20,14 +20,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.assigned_model import AssignedModel
 from fusc_lib.cluster_model import ClusterModel, model_info
-from fusc_lib.clustering import TrainedHead, head_loss, train_cluster_heads
-from fusc_lib.clustering_space import ClusteringSpace, clustering_space, load_neighbors
-from fusc_lib.config import ClusterConfig, EvaluateConfig, default_of
+from fusc_lib.config import EvaluateConfig
 from fusc_lib.evaluation import figures_of, flags, label_free, labelled_scores, scores, spread
 from fusc_lib.k_sweep import sweep
 from fusc_lib.labels import ScanLabels, load_labels
@@ -44,42 +42,6 @@ from schemas.metrics import Baseline, Evaluation, LabelledScores, SeedRun, Seeds
 from schemas.tables import SCANS
 
 PIXEL_SIDE = 32  # raw-pixel baseline: the stored image shrunk to 32 × 32 grey levels
-HEAD_OPTIONS = ("n_heads", "entropy_weight", "epochs", "batch_size", "lr", "weight_decay")
-
-
-class ModelData:
-    """A model with what it is scored on, rows in the clustering space's (image id) order."""
-
-    def __init__(self, workdir: Workdir, model: ClusterModel):
-        self.model = model
-        self.space: ClusteringSpace = clustering_space(workdir, model.embedding)
-        self.neighbors = load_neighbors(workdir, model.embedding, self.space.image_ids)
-        assigned = workdir.assignments(model.version, ["image_id", "cluster_id", "confidence"])
-        row = {image_id: i for i, image_id in enumerate(self.space.image_ids)}
-        keep = [image_id in row for image_id in assigned.column("image_id").to_pylist()]
-        assigned = assigned.filter(pa.array(keep)).sort_by("image_id")
-        if not assigned.num_rows:
-            raise ValueError(f"model {model.version} has assigned no scans: run `fusc assign`")
-        self.image_ids = assigned.column("image_id").to_pylist()
-        self.rows = np.asarray([row[i] for i in self.image_ids])  # into the space
-        self.clusters = assigned.column("cluster_id").to_numpy()
-        self.confidences = assigned.column("confidence").to_numpy()
-
-    @property
-    def sites(self) -> list[str]:
-        return [self.space.sites[r] for r in self.rows]
-
-    def fusc_loss(self, head: TrainedHead) -> float:
-        entropy_weight = head.config.get("entropy_weight",
-                                         default_of(ClusterConfig, "entropy_weight"))
-        probabilities = head.predict(self.space.vectors)
-        return head_loss(probabilities, torch.as_tensor(self.neighbors), entropy_weight).total
-
-    def train(self, k: int, seed: int) -> TrainedHead:
-        """The model's heads trained again at `k` clusters with `seed` (its other settings)."""
-        options = {name: value for name, value in self.model.head.config.items()
-                   if name in HEAD_OPTIONS}
-        return train_cluster_heads(self.space.vectors, self.neighbors, k, **options, seed=seed)
 
 
 def run_evaluate(workdir: Workdir, config: EvaluateConfig,
@@ -90,7 +52,7 @@ def run_evaluate(workdir: Workdir, config: EvaluateConfig,
     missing (the message names the command to run), or the label file cannot be read.
     """
     model = ClusterModel.load(workdir, config.cluster_model)
-    data = ModelData(workdir, model)
+    data = AssignedModel(workdir, model)
     labels = load_labels(workdir, config.labels)
     figures = label_free(data.clusters, model.n_clusters, confidences=data.confidences,
                          fusc_loss=data.fusc_loss(model.head), sites=data.sites)
@@ -117,7 +79,7 @@ def run_evaluate(workdir: Workdir, config: EvaluateConfig,
     return evaluation
 
 
-def _labelled(data: ModelData, labels: dict[str, str], sites: dict[str, str]
+def _labelled(data: AssignedModel, labels: dict[str, str], sites: dict[str, str]
               ) -> LabelledScores | None:
     """Scores of the assigned scans that carry a label, or None when fewer than two do;
     with NMI against the label file's `sites` where it gives them all."""
@@ -135,7 +97,7 @@ def _labelled(data: ModelData, labels: dict[str, str], sites: dict[str, str]
     return result
 
 
-def baselines(workdir: Workdir, data: ModelData, labels: ScanLabels, most: int) -> list[Baseline]:
+def baselines(workdir: Workdir, data: AssignedModel, labels: ScanLabels, most: int) -> list[Baseline]:
     """k-means with the model's K on a seeded sample of at most `most` labelled scans: on the
     embeddings as stored, on the site-centred ones, and on raw pixels; each beside the model's
     scores on the same sample."""
@@ -168,7 +130,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
-def _seeds(workdir: Workdir, data: ModelData, labels: ScanLabels, n: int,
+def _seeds(workdir: Workdir, data: AssignedModel, labels: ScanLabels, n: int,
            progress: Callable[[str], None]) -> SeedsSummary:
     """The heads trained again with seeds 0..n-1: each run's figures, then their spread."""
     weights = {k: v for k, v in model_weights(workdir, data.model).items()
@@ -210,7 +172,7 @@ def _self_label_records(workdir: Workdir, model: ClusterModel) -> list[dict]:
     return records
 
 
-def _write(workdir: Workdir, evaluation: Evaluation, data: ModelData, labels: ScanLabels) -> None:
+def _write(workdir: Workdir, evaluation: Evaluation, data: AssignedModel, labels: ScanLabels) -> None:
     folder = workdir.report_dir(evaluation.version)
     write_bytes(f"{folder}/{METRICS}",
                 json.dumps(evaluation.model_dump(mode="json"), indent=1).encode())

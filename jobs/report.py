@@ -1,7 +1,7 @@
 """`fusc report`: one HTML page showing what each cluster of a model holds.
 
-Reads the model's metrics.json (running `fusc evaluate` first when there is none, or when
-labels are given), its assignments, the scans' pictures, pseudo-views and sites, and the loss
+Reads the model's evaluation (metrics.json; `jobs.run.report_flow` runs `fusc evaluate` first
+when there is none, or when labels are given), its assignments, the scans' pictures, pseudo-views and sites, and the loss
 logs of the training stages; writes `reports/<version>/report.html` with every picture inside.
 Large archives are sampled: `montage` scans per cluster and side, `map_points` on the map.
 """
@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.assigned_model import AssignedModel
 from fusc_lib.cluster_model import ClusterModel, model_info
-from fusc_lib.config import EvaluateConfig, ReportConfig
+from fusc_lib.config import ReportConfig
 from fusc_lib.evaluation import score_rows
 from fusc_lib.layout import (
     INGEST_CONFIG,
@@ -34,7 +35,6 @@ from fusc_lib.report.page import ClusterCard, Thumb, colours_of, map_data, mix, 
 from fusc_lib.report.thumbnails import thumbnails
 from fusc_lib.ssl_training import parse_loss_csv
 from fusc_lib.store import Workdir
-from jobs.evaluate import ModelData, read_evaluation, run_evaluate
 from schemas.metrics import Evaluation
 
 MONTAGE_SIDE = 96  # pixels of a montage thumbnail
@@ -45,7 +45,7 @@ class ScanFacts:
     """What the page names about each scan: file name, pseudo-view, label, and site: the label
     file's where it gives one, else the workdir's (given or inferred)."""
 
-    def __init__(self, workdir: Workdir, data: ModelData, version: str):
+    def __init__(self, workdir: Workdir, data: AssignedModel, version: str):
         scans = workdir.scans(["image_id", "source_uri", "frame", "pseudo_view"])
         ids = scans.column("image_id").to_pylist()
         self.title = {i: f"{Path(uri).name}" + (f" frame {frame}" if frame else "")
@@ -65,19 +65,14 @@ class ScanFacts:
         return self.label.get(image_id) or self.pseudo_view[image_id]
 
 
-def run_report(workdir: Workdir, config: ReportConfig,
+def run_report(workdir: Workdir, config: ReportConfig, evaluation: Evaluation,
                progress: Callable[[str], None] = lambda _: None) -> str:
-    """Write the report of a cluster model; returns its path.
+    """Write the report of the cluster model `evaluation` scored; returns its path.
 
     Raises ValueError where `fusc evaluate` would (no model, assignments, embeddings).
     """
-    model = ClusterModel.load(workdir, config.cluster_model)
-    evaluation = None if config.labels else read_evaluation(workdir, model.version)
-    if evaluation is None:
-        progress("evaluating the model first (fusc evaluate)")
-        evaluation = run_evaluate(workdir, EvaluateConfig(cluster_model=model.version,
-                                                          labels=config.labels), progress)
-    data = ModelData(workdir, model)
+    model = ClusterModel.load(workdir, evaluation.version)
+    data = AssignedModel(workdir, model)
     facts = ScanFacts(workdir, data, model.version)
     progress("montages")
     cards = cluster_cards(workdir, data, facts, config.montage)
@@ -102,7 +97,7 @@ def run_report(workdir: Workdir, config: ReportConfig,
     return output
 
 
-def cluster_cards(workdir: Workdir, data: ModelData, facts: ScanFacts, montage: int
+def cluster_cards(workdir: Workdir, data: AssignedModel, facts: ScanFacts, montage: int
                   ) -> list[ClusterCard]:
     """One card per cluster: size, its `montage` most and least confident scans, its
     pseudo-view and site mix."""
@@ -132,7 +127,7 @@ def cluster_cards(workdir: Workdir, data: ModelData, facts: ScanFacts, montage: 
     return cards
 
 
-def embedding_map(workdir: Workdir, data: ModelData, facts: ScanFacts, points: int) -> dict:
+def embedding_map(workdir: Workdir, data: AssignedModel, facts: ScanFacts, points: int) -> dict:
     """The map's data for a seeded sample of at most `points` assigned scans."""
     sample = np.sort(np.random.default_rng(0).permutation(len(data.image_ids))[:points])
     ids = [data.image_ids[r] for r in sample]

@@ -34,7 +34,9 @@ from fusc_lib.clustering_space import clustering_space, latest_embedding
 from fusc_lib.config import (
     ClusterConfig,
     EmbedConfig,
+    EvaluateConfig,
     NeighborsConfig,
+    ReportConfig,
     RunConfig,
     SelfLabelConfig,
     SSLConfig,
@@ -52,8 +54,10 @@ from fusc_lib.store import Workdir
 from jobs.assign import AssignSummary, run_assign
 from jobs.cluster import ClusterSummary, run_cluster
 from jobs.embed import resolve_model, run_embed
+from jobs.evaluate import read_evaluation, run_evaluate
 from jobs.ingest import run_ingest
 from jobs.neighbors import run_neighbors
+from jobs.report import run_report
 from jobs.self_label import SelfLabelSummary, run_self_label
 from jobs.sites import run_sites
 from jobs.train_ssl import run_train_ssl
@@ -314,3 +318,16 @@ def _self_label_network(workdir: Workdir, config: SelfLabelConfig,
                      selflabel_threshold=config.threshold, workers=config.workers,
                      use_gpu=config.use_gpu, seed=config.seed
                      ).fitted_to(workdir.table(SCANS).count_rows())
+
+
+def report_flow(workdir: Workdir, config: ReportConfig,
+                progress: Callable[[str], None] = lambda _: None) -> str:
+    """`fusc report`: the model's evaluation (`fusc evaluate` first when it has none, or when
+    `config.labels` is given), then the page; returns its path."""
+    version = ClusterModel.load(workdir, config.cluster_model).version
+    evaluation = None if config.labels else read_evaluation(workdir, version)
+    if evaluation is None:
+        progress("evaluating the model first (fusc evaluate)")
+        evaluation = run_evaluate(workdir, EvaluateConfig(cluster_model=version,
+                                                          labels=config.labels), progress)
+    return run_report(workdir, config, evaluation, progress)

@@ -27,8 +27,7 @@ from fusc_lib.layout import MATCHED_LABELS, METRICS
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.evaluate import run_evaluate
-from jobs.report import run_report
-from jobs.run import run_all
+from jobs.run import report_flow, run_all
 from schemas.metrics import Evaluation
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -154,7 +153,7 @@ def test_evaluate_without_labels_gives_the_label_free_figures_and_says_so(finish
 
 def test_report_opens_offline_with_montages_and_a_map(evaluated, browser, tmp_path):
     store, result = evaluated
-    path = Path(run_report(store, ReportConfig(montage=4, map_points=20)))
+    path = Path(report_flow(store, ReportConfig(montage=4, map_points=20)))
     html = path.read_text()
     assert 'src="http' not in html and 'href="http' not in html  # nothing fetched: offline
     assert "Choosing K" in html and "Confusion matrix" in html  # from evaluate's metrics
