@@ -24,20 +24,18 @@ TIE = 0.02  # stabilities this close count as equal; then the larger K wins
 TrainHeads = Callable[[int, int], TrainedHead]  # (K, seed) -> the kept head of one training
 
 
+def sweep_seeds(seeds: int) -> int:
+    """Seeds per K: those asked for, at least MIN_SEEDS."""
+    return max(seeds, MIN_SEEDS)
+
+
 def sweep(ks: Sequence[int], seeds: int, train: TrainHeads,
-          labels: Sequence[str | None] | None = None,
-          progress: Callable[[str], None] = lambda _: None) -> Sweep:
-    """Train `train(k, seed)` for every K in `ks` and seed 0..max(seeds, MIN_SEEDS)-1; each
+          labels: Sequence[str | None] | None = None) -> Sweep:
+    """Train `train(k, seed)` for every K in `ks` and seed 0..sweep_seeds(seeds)-1; each
     point holds the means over seeds. `labels` (N,) per scan, None where unlabelled, scores the
     clusterings too (never used to choose)."""
-    seeds = max(seeds, MIN_SEEDS)
-    points = []
-    for k in ks:
-        heads = []
-        for seed in range(seeds):
-            progress(f"K = {k}, seed {seed}")
-            heads.append(train(k, seed))
-        points.append(_point(k, heads, labels))
+    points = [_point(k, [train(k, seed) for seed in range(sweep_seeds(seeds))], labels)
+              for k in ks]
     chosen, reason = choose_k(points)
     return Sweep(points=points, chosen_k=chosen, reason=reason)
 

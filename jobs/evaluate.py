@@ -25,9 +25,10 @@ from sklearn.metrics import normalized_mutual_info_score
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
 from fusc_lib.assigned_model import AssignedModel
 from fusc_lib.cluster_model import ClusterModel, model_info
+from fusc_lib.clustering import TrainedHead
 from fusc_lib.config import EvaluateConfig
 from fusc_lib.evaluation import figures_of, flags, label_free, labelled_scores, scores, spread
-from fusc_lib.k_sweep import sweep
+from fusc_lib.k_sweep import sweep, sweep_seeds
 from fusc_lib.labels import ScanLabels, load_labels
 from fusc_lib.layout import (
     HEAD_WEIGHTS,
@@ -37,8 +38,16 @@ from fusc_lib.layout import (
 from fusc_lib.metrics import kmeans_clusters
 from fusc_lib.models.encoder import parse_embedding_key, weight_files
 from fusc_lib.preprocess import decode_png
+from fusc_lib.progress import progress_bar
 from fusc_lib.store import Workdir, rows_by_id
-from schemas.metrics import Baseline, Evaluation, LabelledScores, SeedRun, SeedsSummary
+from schemas.metrics import (
+    Baseline,
+    Evaluation,
+    LabelledScores,
+    SeedRun,
+    SeedsSummary,
+    Sweep,
+)
 from schemas.tables import SCANS
 
 PIXEL_SIDE = 32  # raw-pixel baseline: the stored image shrunk to 32 × 32 grey levels
@@ -69,14 +78,24 @@ def run_evaluate(workdir: Workdir, config: EvaluateConfig,
         progress("k-means baselines")
         evaluation.baselines = baselines(workdir, data, labels, config.baseline_scans)
     if config.seeds:
-        evaluation.seeds = _seeds(workdir, data, labels, config.seeds, progress)
+        evaluation.seeds = _seeds(workdir, data, labels, config.seeds)
     if config.sweep:
-        evaluation.sweep = sweep(config.sweep, config.seeds, data.train,
-                                 [labels.views.get(data.space.image_ids[r]) for r in
-                                  range(len(data.space.image_ids))] if views else None,
-                                 progress)
+        evaluation.sweep = _sweep(data, labels if views else None, config)
     _write(workdir, evaluation, data, labels)
     return evaluation
+
+
+def _sweep(data: AssignedModel, labels: ScanLabels | None, config: EvaluateConfig) -> Sweep:
+    """The K sweep on the model's clustering space, one progress step per training."""
+    trainings = len(config.sweep) * sweep_seeds(config.seeds)
+    with progress_bar("K sweep", total=trainings, unit="trainings") as advance:
+        def train(k: int, seed: int) -> TrainedHead:
+            head = data.train(k, seed)
+            advance(1)
+            return head
+
+        views = [labels.views.get(i) for i in data.space.image_ids] if labels else None
+        return sweep(config.sweep, config.seeds, train, views)
 
 
 def _labelled(data: AssignedModel, labels: dict[str, str], sites: dict[str, str]
@@ -130,26 +149,32 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
-def _seeds(workdir: Workdir, data: AssignedModel, labels: ScanLabels, n: int,
-           progress: Callable[[str], None]) -> SeedsSummary:
+def _seeds(workdir: Workdir, data: AssignedModel, labels: ScanLabels, n: int) -> SeedsSummary:
     """The heads trained again with seeds 0..n-1: each run's figures, then their spread."""
     weights = {k: v for k, v in model_weights(workdir, data.model).items()
                if not k.endswith(HEAD_WEIGHTS)}  # a retrained head loads no head weights
     runs = []
-    for seed in range(n):
-        progress(f"seed {seed + 1}/{n}")
-        head = data.train(data.model.n_clusters, seed)
-        clusters = head.assignments[data.rows]
-        figures = label_free(clusters, head.n_clusters,
-                             confidences=head.probabilities.max(dim=1).values.numpy()[data.rows],
-                             fusc_loss=head.head_losses[head.head_index].total, sites=data.sites)
-        known = np.asarray([i in labels.views for i in data.image_ids])
-        view_scores = scores([labels.views[i] for i in np.asarray(data.image_ids)[known]],
-                             clusters[known]) if known.sum() >= 2 else None
-        runs.append(SeedRun(seed=seed, config=head.config, weights=weights,
-                            label_free=figures, scores=view_scores))
+    with progress_bar("seeds", total=n, unit="trainings") as advance:
+        for seed in range(n):
+            runs.append(_seed_run(data, labels, seed, weights))
+            advance(1)
     return SeedsSummary(runs=runs, spread=spread([figures_of(r.label_free, r.scores)
                                                   for r in runs]))
+
+
+def _seed_run(data: AssignedModel, labels: ScanLabels, seed: int, weights: dict[str, str]
+              ) -> SeedRun:
+    """The heads trained again with `seed`: their label-free figures and, with labels, scores."""
+    head = data.train(data.model.n_clusters, seed)
+    clusters = head.assignments[data.rows]
+    figures = label_free(clusters, head.n_clusters,
+                         confidences=head.probabilities.max(dim=1).values.numpy()[data.rows],
+                         fusc_loss=head.head_losses[head.head_index].total, sites=data.sites)
+    known = np.asarray([i in labels.views for i in data.image_ids])
+    view_scores = scores([labels.views[i] for i in np.asarray(data.image_ids)[known]],
+                         clusters[known]) if known.sum() >= 2 else None
+    return SeedRun(seed=seed, config=head.config, weights=weights, label_free=figures,
+                   scores=view_scores)
 
 
 def model_weights(workdir: Workdir, model: ClusterModel) -> dict[str, str]:
