@@ -39,6 +39,12 @@ app = typer.Typer(
 )
 
 
+def _add_groups() -> None:
+    from fusc_lib.review_cli import clusters
+
+    app.add_typer(clusters)
+
+
 def command(name: str | None = None):
     """`app.command`, for functions whose options carry their defaults (`fusc_lib.options`)."""
     return lambda function: app.command(name)(with_defaults(function))
@@ -288,23 +294,29 @@ def assign(
 @command()
 def export(
     output: Annotated[Path, typer.Option(help="File to write.")],
-    file_format: command_option(str | None, None, "csv | parquet. Default: from the output's "
-                                "suffix.", "--format"),
+    file_format: command_option(str | None, None, "csv | parquet | imagefolder. Default: from "
+                                "the output's suffix.", "--format"),
     cluster_model: ClusterModelOption,
     workdir: WorkdirOption,
     model: ModelAsClusterModel,
 ) -> None:
-    """Write the assignments as CSV or Parquet, one row per ingested file frame.
+    """Write the assignments with the review's labels, one row per ingested file frame.
 
-    Columns: source_uri, frame, image_id, cluster_id, cluster_name, confidence, site,
-    pseudo_view, duplicate_of.
+    Columns: source_uri, frame, image_id, cluster_id, cluster_name, label, label_source
+    (cluster | moved | excluded | suggested), confidence, site, pseudo_view, duplicate_of.
+    --format imagefolder writes the reviewed scans as OUTPUT/<label>/<file>.png for
+    torchvision's ImageFolder (excluded and unnamed scans left out, counted).
     """
-    from fusc_lib.export import export_table, write_export
+    from fusc_lib.export import export_table, write_export, write_imagefolder
     from fusc_lib.store import Workdir
 
+    store = Workdir(workdir)
     with user_errors():
-        table = export_table(Workdir(workdir), cluster_model or model)
-        say(f"wrote {write_export(table, output, file_format)}")
+        table = export_table(store, cluster_model or model)
+        if file_format == "imagefolder":
+            reporting.imagefolder(write_imagefolder(store, table, output))
+        else:
+            say(f"wrote {write_export(table, output, file_format)}")
 
 
 @command()
@@ -455,3 +467,6 @@ def serve(
     import ray
 
     ray.shutdown()
+
+
+_add_groups()

@@ -2,8 +2,9 @@
 
 `models/cluster/<version>/` holds `head.pt` (the kept linear head) and `model.json`: which
 embedding it reads (SSL run and number of averaged views), the per-site centering and the
-style-group model for scans without a named site, the head's training record, cluster names
-(null until a clinician names them), and for self-labeling whether it was accepted and why.
+style-group model for scans without a named site, the head's training record, and for
+self-labeling whether it was accepted and why. Cluster names are the review's (the `review`
+table, fusc_lib/review.py), read when a model is loaded.
 `models/cluster/current.json` names the version `fusc assign`, `fusc export` and `fusc serve`
 use; a stage changes it only by writing a new version, so the previous one stays loadable.
 """
@@ -20,6 +21,7 @@ import torch
 from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
 from fusc_lib.clustering import TrainedHead
 from fusc_lib.layout import CLUSTER_MODEL_INFO, CURRENT_CLUSTER_MODEL, HEAD_WEIGHTS
+from fusc_lib.review import review_state
 from fusc_lib.sites import SiteCentering, SiteModel
 from fusc_lib.store import Workdir
 
@@ -31,7 +33,7 @@ class ClusterModel:
     centering: SiteCentering
     site_model: SiteModel | None  # None when every training scan had a named site
     head: TrainedHead
-    names: dict[int, str | None] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)  # the review's, named clusters only
     notes: dict = field(default_factory=dict)  # stage records: self-label outcome, sizes, ...
 
     @property
@@ -49,8 +51,7 @@ class ClusterModel:
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "centering": self.centering.to_dict(),
                 "site_model": self.site_model.to_dict() if self.site_model else None,
-                "head": self.head.metadata(), "notes": self.notes,
-                "names": {str(c): self.names.get(c) for c in range(self.n_clusters)}}
+                "head": self.head.metadata(), "notes": self.notes}
         write_bytes(f"{folder}/{CLUSTER_MODEL_INFO}", json.dumps(meta, indent=1).encode())
         if make_current:
             workdir.write_json({"version": self.version}, *CURRENT_CLUSTER_MODEL)
@@ -72,7 +73,7 @@ class ClusterModel:
                    centering=SiteCentering.from_dict(meta["centering"]),
                    site_model=SiteModel.from_dict(meta["site_model"])
                    if meta["site_model"] else None,
-                   head=head, names={int(c): name for c, name in meta["names"].items()},
+                   head=head, names=review_state(workdir, version).names,
                    notes=meta.get("notes", {}))
 
 

@@ -101,6 +101,10 @@ def assigned(summary) -> None:
     say(f"model {summary.version}: {embedded}{summary.assigned} assigned, "
         f"{summary.already_done} already; cluster sizes {summary.sizes}{copies}")
     warn(chance_confidence_warning(summary.mean_confidence, len(summary.sizes)))
+    if summary.review_carried:
+        say(f"review: {summary.review_carried} decisions carried from the last reviewed model")
+    for line in summary.review_not_carried:
+        warn(f"review not carried: {line}")
 
 
 def representation_report(store, labels: list[Path], run_dir: str) -> None:
@@ -232,3 +236,49 @@ def _sweep_table(sweep) -> None:
                       f"{p.empty_clusters:g}", *labelled)
     Console().print(table)
     say(f"[bold]pick {sweep.reason}[/bold]")
+
+
+def cluster_overview(version: str, clusters) -> None:
+    """`fusc clusters list`."""
+    table = Table(title=f"clusters of model {version}")
+    for column in ("cluster", "scans", "name", "suggested (share of typed names)", "mixed",
+                   "moved out", "excluded", "mean conf."):
+        table.add_column(column)
+    for c in clusters:
+        suggested = f"{c.suggested} ({c.suggested_share:.0%})" if c.suggested else ""
+        table.add_row(str(c.cluster_id), str(c.size), c.name or "", suggested,
+                      "mixed" if c.mixed else "", str(c.moved_out or ""), str(c.excluded or ""),
+                      f"{c.mean_confidence:.2f}")
+    Console().print(table)
+
+
+def strays(version: str, cluster: int, scans) -> None:
+    """`fusc clusters review`."""
+    table = Table(title=f"cluster {cluster} of model {version}, most likely misplaced first")
+    table.add_column("image id (prefix)", no_wrap=True)
+    for column in ("file", "confidence", "stray score", "neighbours elsewhere", "label",
+                   "label source"):
+        table.add_column(column)
+    for s in scans:
+        table.add_row(s.image_id[:12], s.file, f"{s.confidence:.2f}", f"{s.stray_score:.2f}",
+                      f"{s.neighbors_elsewhere:.0%}", s.label or "", s.label_source or "")
+    Console().print(table)
+
+
+def review_history(decisions) -> None:
+    """`fusc clusters history`."""
+    table = Table(title="review decisions, oldest first")
+    for column in ("when (UTC)", "who", "action", "cluster", "scan", "name", "carried from"):
+        table.add_column(column)
+    for d in decisions.to_pylist():
+        table.add_row(f"{d['made_at']:%Y-%m-%d %H:%M:%S}", d["reviewer"] or "", d["action"],
+                      "" if d["cluster_id"] is None else str(d["cluster_id"]),
+                      d["image_id"] or "", d["name"] or "", d["carried_from"] or "")
+    Console().print(table)
+
+
+def imagefolder(summary) -> None:
+    """`fusc export --format imagefolder`."""
+    counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.written.items()))
+    say(f"wrote {sum(summary.written.values())} scans into {summary.folder} ({counts or 'none'}); "
+        f"left out: {summary.excluded} excluded, {summary.unlabelled} without a reviewer's label")

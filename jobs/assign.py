@@ -11,7 +11,7 @@ ingested after the model was made have no such vector yet: `jobs.run.assign_flow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from time import monotonic
 
@@ -42,6 +42,8 @@ class AssignSummary:
     embedded: int = 0  # scans embedded first by `jobs.run.assign_flow` (new since the model)
     copies: int = 0  # files whose bytes equal an assigned scan's (`duplicates`): its cluster
     mean_confidence: float = 0.0  # over every scan under this version; 1/K is chance
+    review_carried: int = 0  # decisions carried from the last reviewed version
+    review_not_carried: list[str] = field(default_factory=list)  # and what could not be, why
 
 
 class _AssignActor:

@@ -58,6 +58,7 @@ from jobs.evaluate import read_evaluation, run_evaluate
 from jobs.ingest import run_ingest
 from jobs.neighbors import run_neighbors
 from jobs.report import run_report
+from jobs.review import carry_review
 from jobs.self_label import SelfLabelSummary, run_self_label
 from jobs.sites import run_sites
 from jobs.train_ssl import run_train_ssl
@@ -246,13 +247,17 @@ def train_and_embed(workdir: Workdir, ssl: SSLConfig, views: int,
 def assign_flow(workdir: Workdir, version: str | None = None,
                 ray_address: str | None = None) -> AssignSummary:
     """`fusc assign`: embed, with the model's encoder and views, the scans that have no such
-    vector yet (ingested after the model was made), then assign every scan."""
+    vector yet (ingested after the model was made), then assign every scan; a version not yet
+    reviewed inherits the review of the last reviewed one (`jobs.review.carry_review`)."""
     started = monotonic()
     version = version or current_version(workdir)
     encoder, views = parse_embedding_key(ClusterModel.load(workdir, version).embedding)
     embedded = run_embed(workdir, EmbedConfig(embedding=encoder, views=views), ray_address)
     summary = run_assign(workdir, version, ray_address)
-    return replace(summary, embedded=embedded.embedded, seconds=monotonic() - started)
+    carried = carry_review(workdir, version)
+    return replace(summary, embedded=embedded.embedded, seconds=monotonic() - started,
+                   review_carried=len(carried.carried) if carried else 0,
+                   review_not_carried=carried.not_carried if carried else [])
 
 
 def cluster_flow(workdir: Workdir, config: ClusterConfig,

@@ -80,7 +80,7 @@ def run_self_label(workdir: Workdir, config: SelfLabelConfig,
              "confident_after": outcome.after.confident_share}
     model = ClusterModel(version=new_version(start.n_clusters, "-sl"), embedding=embedding,
                          centering=centering, site_model=start.site_model,
-                         head=outcome.result, names=start.names, notes=notes)
+                         head=outcome.result, notes=notes)
     model.save(workdir, make_current=outcome.accepted)
     return SelfLabelSummary(model.version if outcome.accepted else start.version,
                             model.version, outcome.accepted, outcome.reasons,

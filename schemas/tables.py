@@ -19,6 +19,7 @@ EMBEDDING_KEY = b"fusc.embedding_key"  # schema metadata: the key an embeddings 
 SITES = "sites"
 NEIGHBORS = "neighbors"
 ASSIGNMENTS = "assignments"
+REVIEW = "review"
 
 SCANS_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),  # sha256 of the file (+ -fNNNN per frame)
@@ -86,6 +87,23 @@ ASSIGNMENTS_SCHEMA = pa.schema([
 ])
 
 
+# Every review decision, appended, never rewritten: the state of a model version's review is
+# its decisions replayed in `made_at` order (fusc_lib/review.py). Appends do not conflict, so
+# two reviewers saving at once lose nothing.
+REVIEW_SCHEMA = pa.schema([
+    pa.field("decision_id", pa.string(), nullable=False),  # uuid4
+    pa.field("model_version", pa.string(), nullable=False),  # the version it was made on
+    # name | mixed | unmixed (a cluster); move | exclude | restore (a scan)
+    pa.field("action", pa.string(), nullable=False),
+    pa.field("cluster_id", pa.int32()),  # name, mixed, unmixed
+    pa.field("image_id", pa.string()),  # move, exclude, restore
+    pa.field("name", pa.string()),  # name, move: the label given (null: the name is cleared)
+    pa.field("reviewer", pa.string()),  # who, where known ($FUSC_REVIEWER, the page's field)
+    pa.field("carried_from", pa.string()),  # the version it was first made on, when carried
+    pa.field("made_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
 def embeddings_table_name(key: str) -> str:
     """The table of embedding key `key`: `embeddings-<slug>-<8 hex of sha1(key)>`.
 
@@ -108,4 +126,5 @@ def embeddings_schema(dim: int, key: str) -> pa.Schema:
 
 
 SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA, DUPLICATES: DUPLICATES_SCHEMA,
-           SITES: SITES_SCHEMA, NEIGHBORS: NEIGHBORS_SCHEMA, ASSIGNMENTS: ASSIGNMENTS_SCHEMA}
+           SITES: SITES_SCHEMA, NEIGHBORS: NEIGHBORS_SCHEMA, ASSIGNMENTS: ASSIGNMENTS_SCHEMA,
+           REVIEW: REVIEW_SCHEMA}
