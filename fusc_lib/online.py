@@ -25,6 +25,7 @@ from fusc_lib.io import BadInput, content_id, decode, frame_id
 from fusc_lib.layout import PREPROCESS
 from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
 from fusc_lib.preprocess import PreparedFrame, PreprocessConfig, Preprocessor
+from fusc_lib.review import review_state
 from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir
 from schemas.tables import ASSIGNMENTS, SCANS
@@ -110,7 +111,8 @@ class OnlineClusterer:
         return self.reload_if_changed()
 
     def reload_if_changed(self) -> bool:
-        """Load the pinned version, or the workdir's current one, if it is not the one served.
+        """Load the pinned version, or the workdir's current one, if it is not the one served;
+        else take the review's current cluster names (a name given since the last reload).
 
         The new version is loaded completely before it replaces the old one, so requests never
         see half a model; a batch already running finishes with the version it started with.
@@ -118,6 +120,7 @@ class OnlineClusterer:
         with self._reload_lock:
             wanted = self.pinned or current_version(self.workdir)
             if wanted == self.model.version:
+                self.model.names = review_state(self.workdir, wanted).names  # renamed since
                 return False
             self._version = self._load(wanted)
             return True

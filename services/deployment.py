@@ -103,11 +103,12 @@ class ClusterService:
             threading.Thread(target=self._follow_current, daemon=True).start()
 
     def _follow_current(self) -> None:
-        """Reload when `current.json` names a new version (unless a version is pinned)."""
+        """Reload when `current.json` names a new version (unless a version is pinned), and
+        the cluster names when the review changed them."""
         while True:
             time.sleep(self.config.reload_interval_s)
             try:
-                if self.online.pinned is None and self.online.reload_if_changed():
+                if self.online.reload_if_changed():
                     logger.info("now serving cluster model %s", self.online.model.version)
             except Exception as error:  # a half-written model folder: try again next time
                 logger.warning("model reload failed: %s", error)

@@ -34,3 +34,12 @@ def ray_session():
     connect(None)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def labelled_run(tmp_path_factory, data_dir, ray_session):
+    """(Workdir after `fusc run` on a small three-hospital archive, its label file): see
+    tests/archive_run.py. Shared: a test that changes it works on `archive_run.copy_of`."""
+    from tests.archive_run import labelled_run as build
+
+    return build(data_dir, tmp_path_factory.mktemp("labelled-run"))

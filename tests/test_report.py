@@ -20,68 +20,21 @@ from selenium.webdriver.common.by import By
 from typer.testing import CliRunner
 
 from fusc_lib.cli import app
-from fusc_lib.config import EvaluateConfig, ReportConfig, RunConfig
-from fusc_lib.io import content_id
+from fusc_lib.config import EvaluateConfig, ReportConfig
 from fusc_lib.labels import load_labels
 from fusc_lib.layout import MATCHED_LABELS, METRICS
-from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.evaluate import run_evaluate
-from jobs.run import report_flow, run_all
+from jobs.run import report_flow
 from schemas.metrics import Evaluation
+from tests.archive_run import SETS, UID_NAME, copy_of
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SETS = {"african-planes": 10, "hc18": 6, "fetal-planes-db": 8}
-UID_NAME = "1.2.840.113619.2.55.3.604688119.971.1"  # a PACS export's name: no extension
-
-
-def _archive_and_labels(data_dir: Path, root: Path) -> tuple[Path, Path]:
-    """Scans of three hospitals as an archive holds them (one renamed to a UID, one in a
-    sub-folder), and a label file that names them every way it can: file name, path, image
-    id, content (the renamed one), plus one row naming no scan."""
-    archive, label_folder = root / "archive", root / "labels"
-    (archive / "sub").mkdir(parents=True)
-    (label_folder / "images").mkdir(parents=True)
-    rows = []
-    for name, count in SETS.items():
-        labels = {r["file"]: r for r in csv.DictReader(open(data_dir / name / "labels.csv"))}
-        for path in sorted((data_dir / name / "images").glob("*.png"))[:count]:
-            rows.append({"file": path.name, "path": "", "image_id": "",
-                         "view": labels[path.name]["view"], "site": labels[path.name]["site"]})
-            shutil.copy(path, archive / path.name)
-    renamed, nested, by_id = rows[0], rows[10], rows[20]
-    (archive / renamed["file"]).rename(archive / UID_NAME)
-    shutil.copy(archive / UID_NAME, label_folder / "images" / renamed["file"])
-    renamed["file"] = f"images/{renamed['file']}"  # found by content, beside the label file
-    (archive / nested["file"]).rename(archive / "sub" / nested["file"])
-    nested.update(file="", path=str(archive / "sub" / nested["file"]))
-    by_id.update(file="", image_id=content_id((archive / by_id["file"]).read_bytes()))
-    rows.append({"file": "not-in-the-archive.png", "path": "", "image_id": "", "view": "brain",
-                 "site": "x"})
-    with open(label_folder / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return archive, label_folder / "labels.csv"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, data_dir, ray_session) -> tuple[Workdir, Path]:
-    """A workdir after `fusc run` (ImageNet embeddings, tiny settings) and its label file."""
-    root = tmp_path_factory.mktemp("report")
-    archive, labels = _archive_and_labels(data_dir, root)
-    store = Workdir(str(root / "w"))
-    workdir_preprocess(store, {"ocr_engine": "none", "image_size": 64})
-    run_all(store, RunConfig(ingest={"paths": [str(archive)]},
-                             embed={"embedding": "pretrained:efficientnet_lite0", "views": 1},
-                             neighbors={"k": 5},
-                             cluster={"clusters": 4, "heads": 3, "epochs": 30, "k": 5}))
-    return store, labels
-
-
-@pytest.fixture(scope="module")
-def evaluated(finished) -> tuple[Workdir, Evaluation]:
-    store, labels = finished
+def evaluated(labelled_run) -> tuple[Workdir, Evaluation]:
+    store, labels = labelled_run
     return store, run_evaluate(store, EvaluateConfig(labels=str(labels), seeds=2, sweep=[2, 4]))
 
 
@@ -97,8 +50,8 @@ def browser():
     driver.quit()
 
 
-def test_labels_match_by_id_path_name_and_content(finished, data_dir):
-    store, labels = finished
+def test_labels_match_by_id_path_name_and_content(labelled_run, data_dir):
+    store, labels = labelled_run
     matched = load_labels(store, labels)
     scans = store.scans(["image_id", "source_uri"])
     by_name = {Path(u).name: i for i, u in zip(scans.column("image_id").to_pylist(),
@@ -137,10 +90,9 @@ def test_evaluate_writes_one_schema_with_scores_baselines_seeds_and_sweep(evalua
     assert labels.num_rows == scans and set(labels.column_names) >= {"view", "super_class"}
 
 
-def test_evaluate_without_labels_gives_the_label_free_figures_and_says_so(finished, tmp_path):
-    store, _ = finished
-    copy = tmp_path / "w"
-    shutil.copytree(store.root, copy)
+def test_evaluate_without_labels_gives_the_label_free_figures_and_says_so(labelled_run, tmp_path):
+    store, _ = labelled_run
+    copy = Path(copy_of(store, tmp_path / "w").root)
     result = CliRunner().invoke(app, ["evaluate", "--workdir", str(copy)])
     assert result.exit_code == 0, result.output
     assert "no labels" in result.output and "metrics:" in result.output
@@ -183,10 +135,9 @@ def test_report_opens_offline_with_montages_and_a_map(evaluated, browser, tmp_pa
     assert pixels.std() > 10  # not a blank page
 
 
-def test_report_command_prints_the_path_and_evaluates_first_when_needed(finished, tmp_path):
-    store, _ = finished
-    copy = tmp_path / "w"
-    shutil.copytree(store.root, copy)
+def test_report_command_prints_the_path_and_evaluates_first_when_needed(labelled_run, tmp_path):
+    store, _ = labelled_run
+    copy = Path(copy_of(store, tmp_path / "w").root)
     shutil.rmtree(copy / "reports", ignore_errors=True)
     output = tmp_path / "out" / "page.html"
     result = CliRunner().invoke(app, ["report", "--workdir", str(copy), "--map-points", "12",
