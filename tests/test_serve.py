@@ -27,6 +27,7 @@ from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.config import RunConfig
 from fusc_lib.layout import CURRENT_CLUSTER_MODEL
 from fusc_lib.preprocess import workdir_preprocess
+from fusc_lib.review import Decision, record
 from fusc_lib.store import Workdir
 from jobs.run import run_all
 from schemas.tables import ASSIGNMENTS
@@ -227,6 +228,24 @@ def test_a_new_current_model_is_served_without_a_restart(workdir, url):
     finally:
         store.write_json({"version": served}, *CURRENT_CLUSTER_MODEL)
     wait_for(served)
+
+
+def test_a_cluster_named_in_the_review_is_named_in_the_answers(workdir, url):
+    store, archive = workdir
+    version = current_version(store)
+    png = sorted(archive.glob("*.png"))[0].read_bytes()
+    cluster = _post(url, "/v1/cluster", png).json()["cluster_id"]
+    record(store, [Decision(action="name", model_version=version, cluster_id=cluster,
+                            name="<b>4CH</b>")])
+    try:
+        deadline = time.monotonic() + 30
+        while _post(url, "/v1/cluster", png).json()["cluster_name"] != "<b>4CH</b>":
+            assert time.monotonic() < deadline, "the name never reached the answers"
+            time.sleep(0.5)
+        listed = requests.get(url + "/v1/model", headers=AUTH, timeout=60).json()["clusters"]
+        assert {"cluster_id": cluster, "name": "<b>4CH</b>"} in listed
+    finally:
+        record(store, [Decision(action="name", model_version=version, cluster_id=cluster)])
 
 
 def test_serving_beyond_loopback_without_a_token_is_refused(tmp_path):
