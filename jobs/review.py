@@ -5,6 +5,7 @@ new version (`fusc clusters ...`, the review page). Decisions themselves: fusc_l
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,24 +106,31 @@ class Review:
                 if sizes[cluster] else 0.0))
         return views
 
-    def strays(self, cluster: int, offset: int = 0, limit: int = 50) -> list[Stray]:
-        """A cluster's scans, most likely misplaced first (`fusc_lib.review.stray_scores`)."""
-        self.check_cluster(cluster)
+    @functools.cached_property
+    def stray_ranking(self) -> tuple[np.ndarray, np.ndarray]:
+        """(stray score, share of neighbours elsewhere), (N,) each in assigned-scan order:
+        computed once per Review (it reads the whole clustering space)."""
         data = AssignedModel(self.workdir, self.model)
+        if data.image_ids != self.image_ids:
+            raise ValueError(f"the assignments of {self.version} changed: reload the review")
         assigned_row = np.full(len(data.space.image_ids), -1)  # space row -> assigned row
         assigned_row[data.rows] = np.arange(len(data.rows))
         # the cluster of each neighbour; one not assigned (-1) counts as elsewhere
         neighbor_clusters = np.append(data.clusters, -1)[assigned_row[data.neighbors[data.rows]]]
-        scores = stray_scores(data.space.vectors[data.rows], data.clusters, data.confidences,
-                              neighbor_clusters)
-        elsewhere = neighbors_elsewhere(data.clusters, neighbor_clusters)
-        members = np.flatnonzero(data.clusters == cluster)
+        return (stray_scores(data.space.vectors[data.rows], data.clusters, data.confidences,
+                             neighbor_clusters),
+                neighbors_elsewhere(data.clusters, neighbor_clusters))
+
+    def strays(self, cluster: int, offset: int = 0, limit: int = 50) -> list[Stray]:
+        """A cluster's scans, most likely misplaced first (`fusc_lib.review.stray_scores`)."""
+        self.check_cluster(cluster)
+        scores, elsewhere = self.stray_ranking
+        members = np.flatnonzero(self.clusters == cluster)
         ranked = members[np.argsort(-scores[members], kind="stable")][offset:offset + limit]
-        state = self.state
-        return [Stray(data.image_ids[r], self.files.get(data.image_ids[r], ""),
-                      float(data.confidences[r]), float(scores[r]), float(elsewhere[r]),
-                      *state.label(data.image_ids[r], cluster,
-                                   self.suggested.get(cluster, (None,))[0]))
+        state, suggested = self.state, self.suggested.get(cluster, (None,))[0]
+        return [Stray(self.image_ids[r], self.files.get(self.image_ids[r], ""),
+                      float(self.confidences[r]), float(scores[r]), float(elsewhere[r]),
+                      *state.label(self.image_ids[r], cluster, suggested))
                 for r in ranked]
 
     def check_cluster(self, cluster: int) -> None:
