@@ -21,6 +21,7 @@ from fusc_lib.config import (
     NeighborsConfig,
     PreprocessConfig,
     ReportConfig,
+    ReviewOptions,
     RunConfig,
     SelfLabelConfig,
     ServeOptions,
@@ -467,6 +468,33 @@ def serve(
     import ray
 
     ray.shutdown()
+
+
+@command()
+def review(
+    host: option(ReviewOptions, "host"),
+    port: option(ReviewOptions, "port"),
+    cluster_model: ClusterModelOption,
+    workdir: WorkdirOption,
+) -> None:
+    """Review the clusters in a browser: a web page on this machine, until Ctrl-C.
+
+    The clusters as montages with their sizes, names and suggested names; a cluster's scans,
+    the most likely misplaced first. Name a cluster or accept its suggestion, merge clusters
+    (one name for several), mark one mixed, move a scan to a name, exclude a scan (and undo):
+    each click is saved at once in the workdir, as `fusc clusters ...` saves it, and several
+    reviewers may work at once. Needs no Ray. Prints the page's URL. Set $FUSC_API_TOKEN to
+    require the token (open URL/?token=<token>); a --host other than loopback needs one.
+    """
+    import os
+
+    from services.auth import TOKEN_ENV
+    from services.review_app import serve_review
+
+    with user_errors():
+        serve_review(workdir, cluster_model, host=host, port=port,
+                     token=os.environ.get(TOKEN_ENV) or None, echo=say)
+    say("stopped")
 
 
 _add_groups()

@@ -50,6 +50,14 @@ class ServeOptions(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
 
 
+class ReviewOptions(BaseModel):
+    """Where `fusc review` (the clinicians' review page) listens."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on. Anything but loopback "
+                      "needs $FUSC_API_TOKEN (then open the page as URL/?token=<token>).")
+    port: int = Field(8010, ge=1, le=65535, description="HTTP port of the review page.")
+
+
 # ------------------------------------------------------------------ ingest
 
 class PreprocessConfig(BaseModel):
@@ -324,8 +332,9 @@ class ReportConfig(BaseModel):
     labels: LabelsFile = None
     montage: int = Field(8, ge=1, le=64, description="Scans shown per cluster in each "
                          "montage: its most and its least confident.")
-    map_points: int = Field(2000, ge=10, le=20_000, description="Scans drawn on the 2-D map "
-                            "(a seeded sample; UMAP of the clustering space).")
+    map_points: int = Field(2000, ge=10, le=5000, description="Scans drawn on the 2-D map "
+                            "(a seeded sample; UMAP of the clustering space). Each carries its "
+                            "thumbnail: 2,000 make a 6 MB page.")
     output: str | None = Field(None, description="HTML file to write. Default: "
                                "<workdir>/reports/<version>/report.html.")
 

@@ -13,6 +13,7 @@
       exports/assignments.csv           what `fusc run` exports
       reports/<version>/                metrics.json (`fusc evaluate`, schemas/metrics.py),
                                         labels.parquet (the labels it matched), report.html
+      reports/thumbs/<side>/            the review page's thumbnails, made once per scan
 
 `Workdir` (fusc_lib/store.py) joins these to its root; code inside a model folder (encoders,
 heads, training state) joins the file names below to the folder it is given.
@@ -31,6 +32,7 @@ CURRENT_CLUSTER_MODEL = (*CLUSTER_MODELS, "current.json")
 SITE_MODEL = ("models", "sites", "site_model.json")
 RUN_EXPORT = ("exports", "assignments.csv")
 REPORTS = "reports"
+THUMBS = (REPORTS, "thumbs")  # `fusc review`'s thumbnail cache: <side>/<id[:2]>/<id>.jpg
 
 # Files inside a report folder.
 METRICS = "metrics.json"  # `fusc evaluate`'s figures, schema in schemas/metrics.py

@@ -54,8 +54,12 @@ def score_clusters(labels: Sequence, clusters: Sequence[int]) -> ClusterScores:
 
 
 def kmeans_clusters(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """(N,) k-means cluster of each of the (N, D) vectors (scikit-learn, 10 initialisations)."""
-    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+    """(N,) k-means cluster of each of the (N, D) vectors (scikit-learn, 10 initialisations).
+
+    In float64: scikit-learn converts float32 input chunk by chunk, which made k-means++ 5-8×
+    slower (bench/report.py)."""
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(
+        np.asarray(vectors, dtype=np.float64))
 
 
 def size_entropy(sizes: Sequence[int]) -> float:

@@ -5,7 +5,8 @@ mined neighbours; scores the clusters against labels (a file, or the typed view 
 their super-classes; runs the k-means baselines on a sample of the labelled scans; retrains
 the heads with `seeds` seeds and sweeps K when asked; flags degenerate results. Writes
 `reports/<version>/metrics.json` (schemas/metrics.py) and the matched labels beside it.
-Runs on the driver: every step is a matrix of at most N × D floats (see bench/report.py).
+Runs on the driver, the clustering space in memory: about 6 × N × D float32 at its peak
+(100,000 × 1280: 4.2 GB; bench/report.py).
 """
 
 from __future__ import annotations

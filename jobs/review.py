@@ -28,6 +28,7 @@ from fusc_lib.review import (
     suggestions,
 )
 from fusc_lib.store import Workdir
+from fusc_lib.views import UNKNOWN
 from schemas.tables import REVIEW
 
 REVIEWER_ENV = "FUSC_REVIEWER"
@@ -78,31 +79,35 @@ class Review:
         self.image_ids = table["image_id"].to_pylist()
         self.clusters = table["cluster_id"].to_numpy()
         self.confidences = table["confidence"].to_numpy()
+        self.assigned = frozenset(self.image_ids)
         scans = workdir.scans(["image_id", "source_uri", "frame", "pseudo_view"])
         self.files = {i: Path(u).name + (f" frame {f}" if f else "") for i, u, f in zip(
             scans["image_id"].to_pylist(), scans["source_uri"].to_pylist(),
             scans["frame"].to_pylist())}
         pseudo = dict(zip(scans["image_id"].to_pylist(), scans["pseudo_view"].to_pylist()))
-        self.suggested = suggestions([pseudo[i] for i in self.image_ids], self.clusters,
+        self.suggested = suggestions([pseudo.get(i, UNKNOWN) for i in self.image_ids],
+                                     self.clusters,
                                      self.model.n_clusters)
 
     @property
     def state(self) -> ReviewState:
         return review_state(self.workdir, self.version)
 
-    def overview(self) -> list[ClusterView]:
-        state = self.state
+    def overview(self, state: ReviewState | None = None) -> list[ClusterView]:
+        """Every cluster under the review `state` (default: read now)."""
+        state = state or self.state
         sizes = np.bincount(self.clusters, minlength=self.model.n_clusters)
+        moved = np.asarray([i in state.moved for i in self.image_ids], dtype=bool)
+        excluded = np.asarray([i in state.excluded for i in self.image_ids], dtype=bool)
         views = []
         for cluster in range(self.model.n_clusters):
-            members = [self.image_ids[r] for r in np.flatnonzero(self.clusters == cluster)]
+            members = self.clusters == cluster
             name, share = self.suggested.get(cluster, (None, 0.0))
             views.append(ClusterView(
                 cluster_id=cluster, size=int(sizes[cluster]), name=state.names.get(cluster),
                 suggested=name, suggested_share=share, mixed=cluster in state.mixed,
-                moved_out=sum(i in state.moved for i in members),
-                excluded=sum(i in state.excluded for i in members),
-                mean_confidence=float(self.confidences[self.clusters == cluster].mean())
+                moved_out=int(moved[members].sum()), excluded=int(excluded[members].sum()),
+                mean_confidence=float(self.confidences[members].mean())
                 if sizes[cluster] else 0.0))
         return views
 
@@ -139,9 +144,9 @@ class Review:
                              f"not {cluster}")
 
     def scan_id(self, given: str) -> str:
-        """The image id a reviewer typed: the id, a unique prefix of it (8+ characters), or a
-        file name only one assigned scan has."""
-        if given in self.files:
+        """The image id of a scan this version assigned, as a reviewer typed it: the id, a
+        unique prefix of it (8+ characters), or a file name only one assigned scan has."""
+        if given in self.assigned:
             return given
         matches = [i for i in self.image_ids if len(given) >= 8 and i.startswith(given)] or \
                   [i for i in self.image_ids if self.files.get(i) == given]
@@ -151,9 +156,15 @@ class Review:
         return matches[0]
 
     def decide(self, decisions: list[Decision]) -> None:
+        """Record decisions made on this version, after checking their clusters and scans."""
         for decision in decisions:
+            if decision.model_version != self.version:
+                raise ValueError(f"a decision on {decision.model_version} given to the review "
+                                 f"of {self.version}")
             if decision.cluster_id is not None:
                 self.check_cluster(decision.cluster_id)
+            if decision.image_id is not None and decision.image_id not in self.assigned:
+                raise ValueError(f"model {self.version} assigned no scan {decision.image_id!r}")
         record(self.workdir, decisions)
 
 

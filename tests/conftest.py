@@ -43,3 +43,22 @@ def labelled_run(tmp_path_factory, data_dir, ray_session):
     from tests.archive_run import labelled_run as build
 
     return build(data_dir, tmp_path_factory.mktemp("labelled-run"))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless chromium (Debian's, through its chromedriver) for every page test, with
+    the browser console log kept (`browser.get_log("browser")`)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--window-size=1400,1600"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    yield driver
+    driver.quit()

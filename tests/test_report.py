@@ -12,9 +12,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from typer.testing import CliRunner
@@ -29,25 +26,11 @@ from jobs.run import report_flow
 from schemas.metrics import Evaluation
 from tests.archive_run import SETS, UID_NAME, copy_of
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
 
 @pytest.fixture(scope="module")
 def evaluated(labelled_run) -> tuple[Workdir, Evaluation]:
     store, labels = labelled_run
     return store, run_evaluate(store, EvaluateConfig(labels=str(labels), seeds=2, sweep=[2, 4]))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    options = Options()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_labels_match_by_id_path_name_and_content(labelled_run, data_dir):

@@ -28,6 +28,7 @@ from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
 
 PRETRAINED = "pretrained:efficientnet_lite0"
 TINY_SSL = {"image_size": 32, "epochs": 2, "batch_size": 8}
+NETWORK_EPOCHS = 2  # network modes: enough for a loss row per epoch and a changed head
 
 
 def _archive(data_dir: Path, folder: Path, per_set: int = 8) -> Path:
@@ -201,10 +202,10 @@ def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
     before = current_version(store)
     summary = cluster_flow(store, ClusterConfig(
         embedding=f"{PRETRAINED}~views2", clusters=3, heads=2, epochs=10, mode="network",
-        network_epochs=2, k=5, workers=2))
+        network_epochs=NETWORK_EPOCHS, k=5, workers=2))
     run = "pretrained-efficientnet_lite0-fusc3"
     history = (Path(store.ssl_run_dir(run)) / "loss.csv").read_text().splitlines()
-    assert len(history) == 1 + 2 and (Path(store.ssl_run_dir(run)) / "backbone.pt").exists()
+    assert len(history) == 1 + NETWORK_EPOCHS and (Path(store.ssl_run_dir(run)) / "backbone.pt").exists()
     model = ClusterModel.load(store)
     assert model.version == summary.version and model.embedding == f"{run}~views2"
     assert sum(summary.sizes) == store.table(SCANS).count_rows()
@@ -221,8 +222,8 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     from jobs.run import self_label_flow
 
     store, config, *_ = finished
-    network = config.model_copy(update={"self_label": SelfLabelConfig(mode="network",
-                                                                      workers=2)})
+    network = config.model_copy(update={"self_label": SelfLabelConfig(
+        mode="network", workers=2, network_epochs=NETWORK_EPOCHS)})
     run_all(store, network)
     reports = []
     run_all(store, network, echo=reports.append)  # nothing the network run did is redone
@@ -231,13 +232,14 @@ def test_network_self_label_trains_backbone_and_head_on_images(finished):
     start = ClusterModel.load(store, store.read_json("stages", "cluster-output.json")["version"])
     folder = Path(store.ssl_run_dir(f"selflabel-{start.version}"))
     loss_csv = folder / "loss.csv"
-    assert len(loss_csv.read_text().splitlines()) == 1 + SelfLabelConfig().network_epochs
+    assert len(loss_csv.read_text().splitlines()) == 1 + NETWORK_EPOCHS
     assert not torch.equal(read_head(str(folder))["weight"], start.head.weight)
     embedding = f"selflabel-{start.version}~views2"
     embedded = store.embeddings_table(embedding).count_rows()
     assert embedded == store.table(SCANS).count_rows()
     trained_at = loss_csv.stat().st_mtime_ns
-    summary = self_label_flow(store, SelfLabelConfig(cluster_model=start.version, mode="network"))
+    summary = self_label_flow(store, SelfLabelConfig(cluster_model=start.version, mode="network",
+                                                     network_epochs=NETWORK_EPOCHS))
     assert loss_csv.stat().st_mtime_ns == trained_at  # the finished run was reused
     written = ClusterModel.load(store, summary.written)
     # a rejected try is recorded as the input model, so a written version is always coherent
