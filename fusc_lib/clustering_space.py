@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from fusc_lib.sites import SiteCentering
@@ -67,12 +68,17 @@ def clustering_space(workdir: Workdir, embedding: str) -> ClusteringSpace:
 
 def load_neighbors(workdir: Workdir, embedding: str, image_ids: list[str]) -> np.ndarray:
     """(N, k) row numbers into `image_ids` of each scan's neighbours, from the `neighbors`
-    table (`fusc neighbors` mines them in this space)."""
+    table (`fusc neighbors` mines them in this space). Raises ValueError when the table's
+    scans are not `image_ids` (new scans since)."""
     table = workdir.neighbors(embedding, ["image_id", "neighbor_ids"])
-    rows = dict(zip(table.column("image_id").to_pylist(), table.column("neighbor_ids").to_pylist()))
-    if set(rows) != set(image_ids):
+    ids = pa.array(image_ids, pa.string())
+    rows = pc.index_in(table["image_id"], value_set=ids)  # each table row's row in image_ids
+    neighbors = table["neighbor_ids"].combine_chunks()
+    found = pc.index_in(neighbors.flatten(), value_set=ids)
+    if (table.num_rows != len(image_ids) or rows.null_count or found.null_count
+            or len(set(pc.list_value_length(neighbors).to_pylist())) > 1):
         raise ValueError(f"the neighbours of {embedding!r} are not those of its current "
                          "embeddings: run `fusc neighbors` again")
-    index = {image_id: row for row, image_id in enumerate(image_ids)}
-    return np.asarray([[index[n] for n in rows[i]] for i in image_ids], dtype=np.int64)
-
+    result = np.empty((len(image_ids), len(found) // max(1, len(image_ids))), dtype=np.int64)
+    result[rows.to_numpy()] = found.to_numpy().reshape(len(image_ids), -1)
+    return result
