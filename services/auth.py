@@ -24,17 +24,20 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    """401 unless the request carries `Authorization: Bearer <token>` with the replica's token;
-    every request passes when the service was started without one.
-
-    The digests are compared in constant time.
-    """
-    expected = serve.get_replica_context().servable_object.token_sha256
+def check_bearer(credentials: HTTPAuthorizationCredentials | None, expected: str | None
+                 ) -> None:
+    """401 unless `credentials` carry the token whose digest is `expected`; passes every
+    request when `expected` is None. The digests are compared in constant time."""
     if expected is None:
         return
     given = digest(credentials.credentials) if credentials else ""
     if not hmac.compare_digest(given, expected):
         raise HTTPException(401, "missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """401 unless the request carries `Authorization: Bearer <token>` with the replica's token;
+    every request passes when the service was started without one."""
+    check_bearer(credentials, serve.get_replica_context().servable_object.token_sha256)

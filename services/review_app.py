@@ -47,7 +47,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import hmac
 import re
 import socket
 import threading
@@ -75,7 +74,7 @@ from fusc_lib.review import Decision, ReviewState
 from fusc_lib.store import Workdir
 from jobs.review import Review
 from schemas.tables import ASSIGNMENTS
-from services.auth import TOKEN_ENV, bearer, digest
+from services.auth import TOKEN_ENV, bearer, check_bearer, digest
 from services.serve import check_exposure
 
 PAGE = Path(__file__).with_name("review_page.html")
@@ -265,12 +264,7 @@ def token_check(token: str | None) -> Callable:
 
     def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None,
                                              Depends(bearer)]) -> None:
-        if expected is None:
-            return
-        given = digest(credentials.credentials) if credentials else ""
-        if not hmac.compare_digest(given, expected):
-            raise HTTPException(401, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+        check_bearer(credentials, expected)
 
     return require_token
 
