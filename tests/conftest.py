@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported anywhere
+# Ray Train's preemption watcher (one more actor process per training run) only acts when a node
+# of a cluster is drained; a local test Ray never is. The `fusc` subprocesses inherit this.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 from pathlib import Path
 

@@ -205,7 +205,8 @@ def test_network_mode_fine_tunes_the_backbone_on_neighbour_pairs(finished):
         network_epochs=NETWORK_EPOCHS, k=5, workers=2))
     run = "pretrained-efficientnet_lite0-fusc3"
     history = (Path(store.ssl_run_dir(run)) / "loss.csv").read_text().splitlines()
-    assert len(history) == 1 + NETWORK_EPOCHS and (Path(store.ssl_run_dir(run)) / "backbone.pt").exists()
+    assert len(history) == 1 + NETWORK_EPOCHS
+    assert (Path(store.ssl_run_dir(run)) / "backbone.pt").exists()
     model = ClusterModel.load(store)
     assert model.version == summary.version and model.embedding == f"{run}~views2"
     assert sum(summary.sizes) == store.table(SCANS).count_rows()
