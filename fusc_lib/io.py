@@ -73,6 +73,12 @@ def frame_id(file_id: str, frame: int, n_frames: int) -> str:
     return file_id if n_frames == 1 else f"{file_id}-f{frame:04d}"
 
 
+def scan_name(source_uri: str, frame: int) -> str:
+    """How a scan is named to a person: its file's name, and its frame in a multi-frame file."""
+    name = source_uri.rstrip("/").rsplit("/", 1)[-1]
+    return f"{name} frame {frame}" if frame else name
+
+
 def select_frames(n_frames: int, limit: int | None) -> list[int]:
     """Indices of the frames to keep: all, or `limit` evenly spaced ones (first and last kept).
 

@@ -39,16 +39,14 @@ def _review(workdir: str, cluster_model: str | None):
     return Review(Workdir(workdir), cluster_model)
 
 
-def _decide(review, reviewer: str | None, action: str, **fields_list) -> None:
-    """Record one decision per value of the single list-valued field given."""
+def _decide(review, reviewer: str | None, decisions: list[dict]) -> None:
+    """Record decisions (each: action and its fields) on the review's version."""
     from fusc_lib.review import Decision
     from jobs.review import reviewer as default_reviewer
 
-    (field, values), = [(k, v) for k, v in fields_list.items() if isinstance(v, list)]
-    fixed = {k: v for k, v in fields_list.items() if k != field}
-    review.decide([Decision(action=action, model_version=review.version,
-                            reviewer=reviewer or default_reviewer(), **{field: value}, **fixed)
-                   for value in values])
+    review.decide([Decision(model_version=review.version,
+                            reviewer=reviewer or default_reviewer(), **fields)
+                   for fields in decisions])
 
 
 @command("list")
@@ -77,8 +75,8 @@ def name(
     with user_errors():
         review = _review(workdir, cluster_model)
         pairs = _names_wanted(review, cluster_id, new_name, from_file, suggested)
-        for cluster, value in pairs:
-            _decide(review, reviewer, "name", cluster_id=[cluster], name=value)
+        _decide(review, reviewer, [{"action": "name", "cluster_id": cluster, "name": value}
+                                   for cluster, value in pairs])
     say(f"named {len(pairs)} clusters of model {review.version}")
 
 
@@ -106,7 +104,8 @@ def merge(
     """Merge clusters under one name (over-cluster, then merge: the normal way to work)."""
     with user_errors():
         review = _review(workdir, cluster_model)
-        _decide(review, reviewer, "name", cluster_id=list(cluster_ids), name=new_name)
+        _decide(review, reviewer, [{"action": "name", "cluster_id": c, "name": new_name}
+                                   for c in cluster_ids])
     say(f"clusters {', '.join(map(str, cluster_ids))} are now {new_name!r}")
 
 
@@ -121,7 +120,8 @@ def mixed(
     """Mark clusters as mixed: they hold several views and need splitting (more clusters)."""
     with user_errors():
         review = _review(workdir, cluster_model)
-        _decide(review, reviewer, "unmixed" if undo else "mixed", cluster_id=list(cluster_ids))
+        _decide(review, reviewer, [{"action": "unmixed" if undo else "mixed", "cluster_id": c}
+                                   for c in cluster_ids])
     say(f"{'unmarked' if undo else 'marked mixed'}: {', '.join(map(str, cluster_ids))}")
 
 
@@ -151,7 +151,8 @@ def move(
     """Move scans to a name (a stray placed in the wrong cluster)."""
     with user_errors():
         review = _review(workdir, cluster_model)
-        _decide(review, reviewer, "move", image_id=[review.scan_id(s) for s in scans], name=to)
+        _decide(review, reviewer, [{"action": "move", "image_id": review.scan_id(s), "name": to}
+                                   for s in scans])
     say(f"moved {len(scans)} scans to {to!r}")
 
 
@@ -167,8 +168,8 @@ def exclude(
     """Exclude scans that are not scans of interest (blank frame, report page): no label."""
     with user_errors():
         review = _review(workdir, cluster_model)
-        _decide(review, reviewer, "restore" if undo else "exclude",
-                image_id=[review.scan_id(s) for s in scans])
+        _decide(review, reviewer, [{"action": "restore" if undo else "exclude",
+                                    "image_id": review.scan_id(s)} for s in scans])
     say(f"{'restored' if undo else 'excluded'} {len(scans)} scans")
 
 

@@ -55,14 +55,16 @@ PIXEL_SIDE = 32  # raw-pixel baseline: the stored image shrunk to 32 × 32 grey 
 
 
 def run_evaluate(workdir: Workdir, config: EvaluateConfig,
-                 progress: Callable[[str], None] = lambda _: None) -> Evaluation:
-    """Evaluate a cluster model and write its metrics.json; returns what was written.
+                 progress: Callable[[str], None] = lambda _: None,
+                 data: AssignedModel | None = None) -> Evaluation:
+    """Evaluate a cluster model (`data`, where the caller loaded it already) and write its
+    metrics.json; returns what was written.
 
     Raises ValueError when the model, its assignments, its embeddings or neighbours are
     missing (the message names the command to run), or the label file cannot be read.
     """
-    model = ClusterModel.load(workdir, config.cluster_model)
-    data = AssignedModel(workdir, model)
+    data = data or AssignedModel(workdir, ClusterModel.load(workdir, config.cluster_model))
+    model = data.model
     labels = load_labels(workdir, config.labels)
     figures = label_free(data.clusters, model.n_clusters, confidences=data.confidences,
                          fusc_loss=data.fusc_loss(model.head), sites=data.sites)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,6 +19,7 @@ from fusc_lib.assigned_model import AssignedModel
 from fusc_lib.cluster_model import ClusterModel, model_info
 from fusc_lib.config import ReportConfig
 from fusc_lib.evaluation import score_rows
+from fusc_lib.io import scan_name
 from fusc_lib.layout import (
     INGEST_CONFIG,
     LOSS_LOG,
@@ -48,7 +48,7 @@ class ScanFacts:
     def __init__(self, workdir: Workdir, data: AssignedModel, version: str):
         scans = workdir.scans(["image_id", "source_uri", "frame", "pseudo_view"])
         ids = scans.column("image_id").to_pylist()
-        self.title = {i: f"{Path(uri).name}" + (f" frame {frame}" if frame else "")
+        self.title = {i: scan_name(uri, frame)
                       for i, uri, frame in zip(ids, scans.column("source_uri").to_pylist(),
                                                scans.column("frame").to_pylist())}
         self.pseudo_view = dict(zip(ids, scans.column("pseudo_view").to_pylist()))
@@ -65,14 +65,11 @@ class ScanFacts:
         return self.label.get(image_id) or self.pseudo_view[image_id]
 
 
-def run_report(workdir: Workdir, config: ReportConfig, evaluation: Evaluation,
-               progress: Callable[[str], None] = lambda _: None) -> str:
-    """Write the report of the cluster model `evaluation` scored; returns its path.
-
-    Raises ValueError where `fusc evaluate` would (no model, assignments, embeddings).
-    """
-    model = ClusterModel.load(workdir, evaluation.version)
-    data = AssignedModel(workdir, model)
+def run_report(workdir: Workdir, config: ReportConfig, data: AssignedModel,
+               evaluation: Evaluation, progress: Callable[[str], None] = lambda _: None) -> str:
+    """Write the report of the cluster model `data` holds, as `evaluation` scored it;
+    returns its path."""
+    model = data.model
     facts = ScanFacts(workdir, data, model.version)
     progress("montages")
     cards = cluster_cards(workdir, data, facts, config.montage)

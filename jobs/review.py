@@ -8,13 +8,13 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
 from fusc_lib.assigned_model import AssignedModel
 from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.io import scan_name
 from fusc_lib.review import (
     CarryReport,
     Decision,
@@ -81,7 +81,7 @@ class Review:
         self.confidences = table["confidence"].to_numpy()
         self.assigned = frozenset(self.image_ids)
         scans = workdir.scans(["image_id", "source_uri", "frame", "pseudo_view"])
-        self.files = {i: Path(u).name + (f" frame {f}" if f else "") for i, u, f in zip(
+        self.files = {i: scan_name(u, f) for i, u, f in zip(
             scans["image_id"].to_pylist(), scans["source_uri"].to_pylist(),
             scans["frame"].to_pylist())}
         pseudo = dict(zip(scans["image_id"].to_pylist(), scans["pseudo_view"].to_pylist()))

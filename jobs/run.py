@@ -29,6 +29,7 @@ from time import monotonic
 import pyarrow.compute as pc
 
 from fusc_lib.artifacts import exists
+from fusc_lib.assigned_model import AssignedModel
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.clustering_space import clustering_space, latest_embedding
 from fusc_lib.config import (
@@ -329,10 +330,11 @@ def report_flow(workdir: Workdir, config: ReportConfig,
                 progress: Callable[[str], None] = lambda _: None) -> str:
     """`fusc report`: the model's evaluation (`fusc evaluate` first when it has none, or when
     `config.labels` is given), then the page; returns its path."""
-    version = ClusterModel.load(workdir, config.cluster_model).version
+    data = AssignedModel(workdir, ClusterModel.load(workdir, config.cluster_model))
+    version = data.model.version
     evaluation = None if config.labels else read_evaluation(workdir, version)
     if evaluation is None:
         progress("evaluating the model first (fusc evaluate)")
         evaluation = run_evaluate(workdir, EvaluateConfig(cluster_model=version,
-                                                          labels=config.labels), progress)
-    return run_report(workdir, config, evaluation, progress)
+                                                          labels=config.labels), progress, data)
+    return run_report(workdir, config, data, evaluation, progress)
