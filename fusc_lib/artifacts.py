@@ -31,6 +31,13 @@ def exists(uri: str) -> bool:
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def file_names(uri: str) -> list[str]:
+    """Names of the files directly inside folder `uri` (sub-folders left out), sorted."""
+    filesystem, path = _resolve(uri)
+    found = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in found if info.type == pafs.FileType.File)
+
+
 def save_torch(uri: str, state: object) -> None:
     """`torch.save` of tensors / state dicts to a local path or object-store URI, whole."""
     import torch

@@ -8,12 +8,12 @@ import pyarrow as pa
 import torch
 
 from fusc_lib.cluster_model import ClusterModel
-from fusc_lib.clustering import TrainedHead, head_loss, train_cluster_heads
+from fusc_lib.clustering import TrainedHead, train_cluster_heads
 from fusc_lib.clustering_space import ClusteringSpace, clustering_space, load_neighbors
-from fusc_lib.config import ClusterConfig, default_of
 from fusc_lib.store import Workdir
 
-HEAD_OPTIONS = ("n_heads", "entropy_weight", "epochs", "batch_size", "lr", "weight_decay")
+HEAD_OPTIONS = ("n_heads", "entropy_weight", "epochs", "batch_size", "lr", "weight_decay",
+                "start", "sizes")
 
 
 class AssignedModel:
@@ -41,10 +41,8 @@ class AssignedModel:
         return [self.space.sites[r] for r in self.rows]
 
     def fusc_loss(self, head: TrainedHead) -> float:
-        entropy_weight = head.config.get("entropy_weight",
-                                         default_of(ClusterConfig, "entropy_weight"))
-        probabilities = head.predict(self.space.vectors)
-        return head_loss(probabilities, torch.as_tensor(self.neighbors), entropy_weight).total
+        return head.loss_of(head.predict(self.space.vectors),
+                            torch.as_tensor(self.neighbors)).total
 
     def train(self, k: int, seed: int) -> TrainedHead:
         """The model's heads trained again at `k` clusters with `seed` (its other settings)."""

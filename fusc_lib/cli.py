@@ -138,12 +138,16 @@ def embed(
 
 @command("train-ssl")
 def train_ssl(
+    paths: option(IngestConfig, "paths", argument=True,
+                  help="Folders, globs, files or URIs of scans to ingest into the workdir "
+                       "first: the archive to train on (already ingested scans are kept)."),
     profile: option(SSLConfig, "profile"),
     method: option(SSLConfig, "method", default=None),
     backbone: option(SSLConfig, "backbone", default=None),
     init: option(SSLConfig, "init", default=None),
     image_size: option(SSLConfig, "image_size", default=None),
     epochs: option(SSLConfig, "epochs", default=None),
+    images: option(SSLConfig, "images", default=None),
     batch_size: option(SSLConfig, "batch_size", default=None),
     lr: option(SSLConfig, "lr", default=None),
     weight_decay: option(SSLConfig, "weight_decay", default=None),
@@ -168,14 +172,22 @@ def train_ssl(
 
     Options not given take the --profile's value; the defaults shown are the quick profile's.
     Writes <workdir>/models/ssl/<run>/: backbone.pt + encoder.json, config.json, loss.csv.
+    Train once on the whole archive (PATHS are ingested first), then cluster any folder with
+    it: fusc run FOLDER --workdir W --ssl-run <archive-workdir>/models/ssl/<run>.
     """
+    from fusc_lib.preprocess import workdir_preprocess
     from fusc_lib.store import Workdir
+    from jobs.ingest import run_ingest
     from jobs.train_ssl import run_train_ssl
 
     store = Workdir(workdir)
     with user_errors():
         config = SSLConfig.from_profile(profile, **given(SSLConfig, locals()),
                                         run_name=ssl_run or old_run_name)
+        if paths:
+            ingested = run_ingest(store, IngestConfig(paths=paths), workdir_preprocess(store),
+                                  ray_address)
+            reporting.ingest_summary(ingested, store.lancedb_uri)
         summary = run_train_ssl(store, config, ray_address, resume=resume)
     reporting.trained(summary, store, labels)
 
@@ -326,8 +338,9 @@ def run(
     clusters: option(RunConfig, "cluster.clusters"),
     profile: option(RunConfig, "ssl.profile"),
     manifest: option(RunConfig, "ingest.manifest"),
-    embedding: option(RunConfig, "embed.embedding"),
+    embedding: option(RunConfig, "embed.embedding", "--embedding", "--ssl-run"),
     ssl_epochs: option(RunConfig, "ssl.epochs", default=None),
+    ssl_images: option(RunConfig, "ssl.images", default=None),
     image_size: option(RunConfig, "ssl.image_size", default=None),
     views: option(RunConfig, "embed.views"),
     k: option(RunConfig, "neighbors.k"),
@@ -358,7 +371,8 @@ def run(
 
     store = Workdir(workdir)
     with user_errors():
-        ssl = SSLConfig.from_profile(profile, epochs=ssl_epochs, image_size=image_size,
+        ssl = SSLConfig.from_profile(profile, epochs=ssl_epochs, images=ssl_images,
+                                     image_size=image_size,
                                      workers=workers, seed=seed)
         network = {"workers": ssl.workers, "use_gpu": ssl.use_gpu, "seed": seed}
         config = RunConfig(

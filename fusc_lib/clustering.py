@@ -12,15 +12,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fusc_lib.config import ClusterConfig, SelfLabelConfig, default_of
-from fusc_lib.losses import class_balance_weights, confident_targets, entropy, fusc_loss
+from fusc_lib.losses import class_balance_weights, confident_targets, fusc_loss, spread
 from fusc_lib.models.cluster_head import MultiHead, best_head
 
 EVAL_CHUNK = 4096
+# Heads started from k-means prototypes: logits = cosine similarity / this, a soft assignment
+# (as a cosine classifier's scale of 10).
+PROTOTYPE_TEMPERATURE = 0.1
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class TrainedHead:
     @property
     def assignments(self) -> np.ndarray:
         return self.probabilities.argmax(dim=1).numpy()
+
+    def loss_of(self, probabilities: torch.Tensor, neighbors: torch.Tensor) -> HeadLoss:
+        """The FUSC loss of a clustering as this head was trained on it (its λ and prior)."""
+        return head_loss(probabilities, neighbors,
+                         self.config.get("entropy_weight",
+                                         default_of(ClusterConfig, "entropy_weight")),
+                         self.config.get("prior"))
 
     def predict(self, vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Cluster probabilities (N, C) of new vectors under the kept head."""
@@ -92,35 +103,64 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
                         epochs: int = default_of(ClusterConfig, "epochs"),
                         batch_size: int = default_of(ClusterConfig, "batch_size"),
                         lr: float = default_of(ClusterConfig, "lr"), weight_decay: float = 1e-4,
+                        start: str = default_of(ClusterConfig, "start"),
+                        sizes: str = default_of(ClusterConfig, "sizes"),
                         seed: int = 0) -> TrainedHead:
     """Train `n_heads` linear heads with Adam on the FUSC loss and keep the lowest-loss one.
 
     Every epoch pairs each anchor with one of its k neighbours drawn at random (SCAN's
-    neighbour dataset), so over the epochs every neighbour pulls on it.
+    neighbour dataset), so over the epochs every neighbour pulls on it. `start`: "random"
+    (SCAN's) or "kmeans": head h starts at the prototypes of a spherical k-means of seed
+    `seed + h` (`kmeans_prototypes`), so the loss refines what k-means found. `sizes`: the
+    cluster shares the entropy term pulls towards (`losses.spread`): "uniform" (SCAN's) or
+    "kmeans", those of head h's k-means.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, neighbors = _tensor(vectors), torch.as_tensor(neighbor_indices, dtype=torch.long)
     model = MultiHead(x.shape[1], n_clusters, n_heads)
+    prototypes = [torch.as_tensor(kmeans_prototypes(vectors, n_clusters, seed + h))
+                  for h in range(n_heads)] if "kmeans" in (start, sizes) else []
+    if start == "kmeans":
+        model.start_from(prototypes, PROTOTYPE_TEMPERATURE)
+    priors = [_shares(x, p) for p in prototypes] if sizes == "kmeans" else [None] * n_heads
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     epoch_losses = [_train_epoch(model, optimizer, x, neighbors, batch_size, entropy_weight,
-                                 generator) for _ in range(epochs)]
-    losses = [head_loss(F.softmax(logits, dim=1), neighbors, entropy_weight)
-              for logits in _eval(model, x)]
+                                 priors, generator) for _ in range(epochs)]
+    losses = [head_loss(F.softmax(logits, dim=1), neighbors, entropy_weight, prior)
+              for logits, prior in zip(_eval(model, x), priors)]
     kept = best_head([loss.total for loss in losses])
     head = model.heads[kept]
     config = {"n_heads": n_heads, "entropy_weight": entropy_weight, "epochs": epochs,
-              "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-              "k": neighbors.shape[1]}
+              "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "start": start,
+              "sizes": sizes, "seed": seed, "k": neighbors.shape[1],
+              "prior": None if priors[kept] is None else priors[kept].tolist()}
     return TrainedHead(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
                          probabilities=F.softmax(_eval(model, x)[kept], dim=1), head_index=kept,
                          head_losses=losses, config=config,
                          history=[losses_of_heads[kept] for losses_of_heads in epoch_losses])
 
 
+def _shares(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """(C,) share of the vectors nearest each prototype (every cluster at least one vector)."""
+    counts = torch.bincount((x @ prototypes.T).argmax(dim=1), minlength=len(prototypes))
+    return (counts.clamp_min(1) / counts.clamp_min(1).sum()).float()
+
+
+def kmeans_prototypes(vectors: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """(C, D) unit-length centroids of a spherical k-means of the (N, D) unit vectors (faiss:
+    25 iterations from C random points; fitted on a sample of at most 2,000 points per
+    centroid, since they only start the heads)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    kmeans = faiss.Kmeans(x.shape[1], n_clusters, niter=25, seed=seed, spherical=True,
+                          min_points_per_centroid=1, max_points_per_centroid=2000)
+    kmeans.train(x)
+    return kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
+
+
 def _train_epoch(model: MultiHead, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  neighbors: torch.Tensor, batch_size: int, entropy_weight: float,
-                 generator: torch.Generator) -> list[float]:
+                 priors: list[torch.Tensor | None], generator: torch.Generator) -> list[float]:
     """One pass; heads are summed into one loss, as in SCAN. Full batches only (the entropy of
     a batch mean over a handful of samples is noise), unless the data is smaller than one.
     Returns each head's mean batch loss."""
@@ -130,8 +170,8 @@ def _train_epoch(model: MultiHead, optimizer: torch.optim.Optimizer, x: torch.Te
     totals = torch.zeros(len(model.heads))
     for batch in batches:
         anchor_logits, neighbor_logits = model(x[batch]), model(x[partner[batch]])
-        losses = torch.stack([fusc_loss(a, b, entropy_weight)[0]
-                              for a, b in zip(anchor_logits, neighbor_logits)])
+        losses = torch.stack([fusc_loss(a, b, entropy_weight, prior)[0]
+                              for a, b, prior in zip(anchor_logits, neighbor_logits, priors)])
         optimizer.zero_grad()
         losses.sum().backward()
         optimizer.step()
@@ -144,17 +184,19 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(order[:full * batch_size].chunk(full)) if len(order) >= batch_size else [order]
 
 
-def head_loss(probabilities: torch.Tensor, neighbors: torch.Tensor,
-              entropy_weight: float) -> HeadLoss:
-    """FUSC loss of a whole clustering: every anchor with all its k neighbours, entropy of the
-    data-set mean (what SCAN uses to pick the head), in chunks to bound memory."""
+def head_loss(probabilities: torch.Tensor, neighbors: torch.Tensor, entropy_weight: float,
+              prior: torch.Tensor | list[float] | None = None) -> HeadLoss:
+    """FUSC loss of a whole clustering: every anchor with all its k neighbours, spread of the
+    data-set mean (what SCAN uses to pick the head; `prior`: see `losses.spread`), in chunks
+    to bound memory."""
     agreement = torch.cat([
         (probabilities[start:start + EVAL_CHUNK, None, :]
          * probabilities[neighbors[start:start + EVAL_CHUNK]]).sum(dim=2).flatten()
         for start in range(0, len(probabilities), EVAL_CHUNK)])
     consistency = float(-agreement.clamp_min(1e-8).log().mean())
-    spread = float(entropy(probabilities.mean(dim=0)))
-    return HeadLoss(consistency - entropy_weight * spread, consistency, spread)
+    balance = float(spread(probabilities.mean(dim=0),
+                           None if prior is None else torch.as_tensor(prior)))
+    return HeadLoss(consistency - entropy_weight * balance, consistency, balance)
 
 
 def _eval(model: MultiHead, x: torch.Tensor) -> list[torch.Tensor]:
@@ -254,15 +296,13 @@ def judge_self_label(start: TrainedHead, weight: torch.Tensor, bias: torch.Tenso
     network self-labeling, so both are judged alike. `history`: the training loss of each
     epoch, kept with the result."""
     neighbors = torch.as_tensor(neighbor_indices, dtype=torch.long)
-    entropy_weight = start.config.get("entropy_weight",
-                                      default_of(ClusterConfig, "entropy_weight"))
     result = TrainedHead(weight=weight, bias=bias, probabilities=probabilities,
                            head_index=start.head_index,
-                           head_losses=[head_loss(probabilities, neighbors, entropy_weight)],
+                           head_losses=[start.loss_of(probabilities, neighbors)],
                            config={**start.config, "self_label": settings},
                            history=history or [])
-    before = health(start.probabilities, neighbors, entropy_weight, threshold)
-    after = health(probabilities, neighbors, entropy_weight, threshold)
+    before = health(start.probabilities, neighbors, start, threshold)
+    after = health(probabilities, neighbors, start, threshold)
     first_labels, first = confident_targets(start.probabilities, threshold, min_per_cluster)
     kept = (probabilities[first].argmax(dim=1) == first_labels[first]).float().mean()
     stability = float(kept) if first.any() else 1.0
@@ -281,11 +321,12 @@ def _perturb(x: torch.Tensor, noise: float, dropout: float,
     return F.normalize(x * keep + jitter, dim=1)
 
 
-def health(probabilities: torch.Tensor, neighbors: torch.Tensor, entropy_weight: float,
+def health(probabilities: torch.Tensor, neighbors: torch.Tensor, head: TrainedHead,
            threshold: float) -> ClusterHealth:
+    """The label-free checks of a clustering, its loss as `head` was trained."""
     counts = torch.bincount(probabilities.argmax(dim=1), minlength=probabilities.shape[1])
     return ClusterHealth(
-        loss=head_loss(probabilities, neighbors, entropy_weight).total,
+        loss=head.loss_of(probabilities, neighbors).total,
         filled_clusters=int((counts > 0).sum()),
         min_cluster_share=float(counts.min() / counts.sum()),
         confident_share=float((probabilities.max(dim=1).values >= threshold).float().mean()))

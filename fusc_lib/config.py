@@ -17,7 +17,9 @@ DEFAULT_WORKDIR = "./fusc-work"
 
 Mode = Literal["frozen", "network"]
 OcrEngineName = Literal["easyocr", "tesseract", "none"]
-MethodName = Literal["simclr", "dino", "fusc", "selflabel"]
+HeadStart = Literal["random", "kmeans"]
+ClusterSizes = Literal["uniform", "kmeans"]
+MethodName = Literal["simclr", "barlowtwins", "vicreg", "dino", "fusc", "selflabel"]
 
 ClusterModelVersion = Annotated[str | None, Field(
     description="Cluster model version under <workdir>/models/cluster/. Default: the current "
@@ -111,9 +113,11 @@ class EmbedConfig(BaseModel):
     """Every option of `fusc embed`."""
 
     embedding: str | None = Field(None, description="Model to embed with: an SSL run under "
-                                  "<workdir>/models/ssl/, or pretrained:<timm backbone> for "
-                                  "ImageNet features. Default: the newest SSL run (`fusc run` "
-                                  "trains one, and skips that when given one).")
+                                  "<workdir>/models/ssl/; the folder (path or URI) of a run "
+                                  "trained elsewhere, e.g. once on the whole archive, copied "
+                                  "in; or pretrained:<timm backbone> for ImageNet features. "
+                                  "Default: the newest SSL run (`fusc run` trains one, and "
+                                  "skips that when given one).")
     input_size: int = Field(128, ge=16, description="Input size for pretrained:<backbone> (SSL "
                             "runs use their own).")
     views: int = Field(1, ge=1, le=64, description="Views averaged per scan: 1 = the plain "
@@ -172,6 +176,13 @@ class ClusterConfig(NetworkOptions):
     epochs: int = Field(100, ge=1, description="Epochs of the heads.")
     lr: float = Field(1e-2, gt=0, description="Adam step of the heads.")
     batch_size: int = Field(128, ge=2, description="Scans per step of the heads.")
+    start: HeadStart = Field("kmeans", description="How the heads start: kmeans (each head "
+                             "at the centroids of its own k-means, so the heads refine what "
+                             "k-means finds) or random (SCAN's).")
+    sizes: ClusterSizes = Field("uniform", description="Cluster sizes the entropy term pulls "
+                                "towards: uniform (SCAN's: all equal) or kmeans (those of each "
+                                "head's k-means, for an archive whose views are not equally "
+                                "common).")
     seed: int = Field(0, description="Seed of the heads and of their batches.")
     k: int = Field(default_of(NeighborsConfig, "k"), ge=1,
                    description="Network mode: neighbours mined again.")
@@ -207,14 +218,22 @@ class SSLConfig(BaseModel):
                          "(ViT-S/16 DINO, GPU).")
     run_name: str | None = Field(None, description="SSL run: its folder under "
                                  "<workdir>/models/ssl/. Default: <method>-<backbone>.")
-    method: MethodName = Field("simclr", description="simclr | dino (`fusc` and `selflabel` "
-                               "are stages 2 and 3 on the full network).")
+    method: MethodName = Field("simclr", description="simclr | barlowtwins | vicreg | dino "
+                               "(`fusc` and `selflabel` are stages 2 and 3 on the full "
+                               "network).")
     backbone: str = Field("efficientnet_lite0", description="Any timm architecture name.")
     init: str = Field("imagenet", description="random | imagenet (local weights, no download) "
                       "| PATH of a state dict.")
     image_size: int = Field(128, ge=16, le=1024, description="Side of the (global) training "
                             "views.")
-    epochs: int = Field(30, ge=1, description="Epochs of SSL training.")
+    epochs: int = Field(30, ge=1, description="Most passes over the archive (what bounds a "
+                        "small archive's training).")
+    images: int | None = Field(
+        6000, ge=1,
+        description="Training budget in images seen (each as its pair of views), drawn at "
+                    "random from the whole archive: what bounds a large archive's training, "
+                    "so 10,000 or 10 million scans cost the same (each is still embedded). "
+                    "None: `epochs` full passes.")
     batch_size: int = Field(32, ge=2, description="Global batch, split evenly over workers.")
     lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW, cosine schedule).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -270,13 +289,15 @@ class SSLConfig(BaseModel):
 
 PROFILES: dict[str, dict] = {
     "quick": {},  # the field defaults
-    # METHOD.md: SimCLR with ResNet18 from scratch, on GPUs.
+    # METHOD.md: SimCLR with ResNet18 from scratch, on GPUs; the budget is the paper's 200
+    # epochs over its 88,000 scans.
     "paper": {"method": "simclr", "backbone": "resnet18", "init": "random", "image_size": 224,
-              "epochs": 200, "batch_size": 256, "lr": 1e-3, "temperature": 0.1,
-              "strength": 1.0, "use_gpu": True},
+              "epochs": 200, "images": 17_600_000, "batch_size": 256, "lr": 1e-3,
+              "temperature": 0.1, "strength": 1.0, "use_gpu": True},
     # METHOD.md: DINO with ViT-S/16 from scratch, on GPUs (DINO paper's ViT-S recipe).
     "paper-dino": {"method": "dino", "backbone": "vit_small_patch16_224", "init": "random",
-                   "image_size": 224, "epochs": 200, "batch_size": 256, "lr": 5e-4,
+                   "image_size": 224, "epochs": 200, "images": 17_600_000,
+                   "batch_size": 256, "lr": 5e-4,
                    "weight_decay": 0.04, "warmup_epochs": 10, "dino_out_dim": 65536,
                    "dino_local_crops": 8, "dino_local_size": 96, "strength": 1.0,
                    "use_gpu": True},

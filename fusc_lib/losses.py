@@ -5,6 +5,8 @@ Plain torch: lightly 1.6 has no SCAN loss, and these are a few lines each.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -17,20 +19,37 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
+def spread(mean_prediction: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """How well the mean prediction p̄ (C,) spreads over the clusters: H(p̄) (SCAN's), or with
+    a `prior` (C,) of cluster shares, log C − KL(p̄ ‖ prior). The two agree for the uniform
+    prior; either is at most log C, reached when p̄ is the prior.
+
+    SCAN's entropy pulls every cluster to the same size, which splits a large view and merges
+    small ones on an imbalanced archive; a prior from k-means' cluster sizes (label-free) keeps
+    the sizes the data shows while the consistency term refines the members.
+    """
+    if prior is None:
+        return entropy(mean_prediction)
+    p = mean_prediction.clamp_min(EPS)
+    return math.log(len(p)) - (p * (p.log() - prior.clamp_min(EPS).log())).sum()
+
+
 def fusc_loss(anchor_logits: torch.Tensor, neighbor_logits: torch.Tensor,
-              entropy_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, consistency, entropy) with total = consistency − λ·entropy, SCAN's convention.
+              entropy_weight: float, prior: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, consistency, spread) with total = consistency − λ·spread, SCAN's convention.
 
     consistency = −mean log ⟨softmax(anchor), softmax(neighbor)⟩ pulls an image and its mined
-    neighbour into the same cluster; entropy = H(p̄) ≥ 0 of the batch-mean prediction p̄, and
-    subtracting it (λ·Σ p̄ log p̄ in the paper) keeps everything from collapsing into one cluster.
+    neighbour into the same cluster; spread (`spread`: H(p̄) ≥ 0 of the batch-mean prediction p̄
+    without a prior), and subtracting it (λ·Σ p̄ log p̄ in the paper) keeps everything from
+    collapsing into one cluster.
     """
     anchor = F.softmax(anchor_logits, dim=1)
     neighbor = F.softmax(neighbor_logits, dim=1)
     agreement = (anchor * neighbor).sum(dim=1)
     consistency = -agreement.clamp_min(EPS).log().mean()
-    spread = entropy(anchor.mean(dim=0))
-    return consistency - entropy_weight * spread, consistency, spread
+    balance = spread(anchor.mean(dim=0), prior)
+    return consistency - entropy_weight * balance, consistency, balance
 
 
 def class_balance_weights(targets: torch.Tensor, n_classes: int) -> torch.Tensor:

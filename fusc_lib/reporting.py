@@ -61,7 +61,8 @@ def embedded(summary) -> None:
 
 def trained(summary: dict, store, labels: list[Path] | None) -> None:
     """An SSL run, and how its embedding scores against `labels` if given."""
-    say(f"run {summary['run']}: {summary['epochs']} epochs, final loss "
+    say(f"run {summary['run']}: {summary['epochs']} epochs ({summary['images_seen']:,} images "
+        f"seen), final loss "
         f"{summary['final_loss']}, {summary['images_per_s']} images/s; "
         f"saved in {summary['run_dir']}")
     if labels:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import math
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -24,7 +26,7 @@ from fusc_lib.layout import TRAINING_STATE
 from fusc_lib.models import SSLMethod, ViewMaker
 from fusc_lib.preprocess import decode_png
 
-LOSS_COLUMNS = ("epoch", "loss", "images_per_s", "seconds")
+LOSS_COLUMNS = ("epoch", "loss", "images", "images_per_s", "seconds")
 
 
 def view_columns(batch: dict[str, np.ndarray], views: ViewMaker) -> dict[str, np.ndarray]:
@@ -48,38 +50,80 @@ def make_optimizer(method: SSLMethod, config: SSLConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How much a run trains: `epochs` epochs of `steps_per_epoch` steps of the global batch.
+
+    An epoch is a pass over the archive, or over a fresh random sample of `sampled` of its scans
+    where the budget (`SSLConfig.images`) is smaller than the archive; a checkpoint follows each.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    sampled: float  # share of the archive drawn per epoch (1.0: all of it)
+
+    @classmethod
+    def of(cls, config: SSLConfig, scans: int) -> TrainingPlan:
+        """The plan for `scans` stored scans: at most `config.epochs` passes and at most
+        `config.images` images seen (one epoch at least). Raises ValueError when `scans` cannot
+        fill one batch."""
+        per_epoch = min(scans, config.images or scans)
+        steps = per_epoch // config.batch_size
+        if steps == 0:
+            raise ValueError(f"{scans} scans cannot fill one batch of {config.batch_size} "
+                             "(lower --batch-size or ingest more)")
+        epochs = config.epochs
+        if config.images:
+            epochs = max(1, min(epochs, config.images // (steps * config.batch_size)))
+        # A random sample's size varies (binomial): draw four standard deviations more than the
+        # steps take, so an epoch is never short.
+        draw = per_epoch + 4 * math.sqrt(per_epoch) + 8
+        return cls(epochs=epochs, steps_per_epoch=steps, sampled=min(1.0, draw / scans))
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
 @dataclass
 class Schedule:
     """Cosine learning rate with linear warm-up, indexed by the global step."""
 
     config: SSLConfig
-    steps_per_epoch: int
+    plan: TrainingPlan
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
 
     @property
     def total_steps(self) -> int:
-        return self.config.epochs * self.steps_per_epoch
+        return self.plan.total_steps
 
     def lr(self, step: int) -> float:
         warmup = min(self.config.warmup_epochs * self.steps_per_epoch, self.total_steps - 1)
-        return cosine_warmup_schedule(step, self.total_steps, self.config.lr, 0.0, warmup, 0.0)
+        return cosine_warmup_schedule(min(step, self.total_steps), self.total_steps,
+                                      self.config.lr, 0.0, warmup, 0.0)
 
 
 @dataclass
 class EpochStats:
     epoch: int
     loss: float
+    images: int  # seen by all workers together
     images_per_s: float
     seconds: float
 
     def row(self) -> dict:
-        return {"epoch": self.epoch, "loss": round(self.loss, 5),
+        return {"epoch": self.epoch, "loss": round(self.loss, 5), "images": self.images,
                 "images_per_s": round(self.images_per_s, 2), "seconds": round(self.seconds, 2)}
 
 
 def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable[dict],
                     optimizer: torch.optim.Optimizer, schedule: Schedule,
                     epoch: int) -> EpochStats:
-    """One pass over `batches` ({"view0": ..., ...} tensors already on the device).
+    """One epoch: the plan's steps over `batches` ({"view0": ..., ...} tensors already on the
+    device; an iterator that runs short ends the epoch early).
 
     `model` is what runs the forward (the method itself, or its DistributedDataParallel wrapper);
     `method` is the plain module, for the hooks. Loss and speed are summed over all workers.
@@ -88,7 +132,7 @@ def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable
     model.train()
     started, step = time.monotonic(), epoch * schedule.steps_per_epoch
     loss_sum, images, steps = torch.zeros(()), 0, 0
-    for batch in batches:
+    for batch in itertools.islice(batches, schedule.steps_per_epoch):
         extras = {name: value for name, value in batch.items() if not name.startswith("view")}
         views = [batch[f"view{i}"] for i in range(len(batch) - len(extras))]
         for group in optimizer.param_groups:
@@ -110,7 +154,7 @@ def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     seconds = time.monotonic() - started
-    return EpochStats(epoch + 1, float(totals[0] / max(totals[1], 1)),
+    return EpochStats(epoch + 1, float(totals[0] / max(totals[1], 1)), int(totals[2]),
                       float(totals[2]) / seconds, seconds)
 
 
@@ -145,5 +189,6 @@ def loss_csv(history: list[dict]) -> bytes:
 
 def parse_loss_csv(data: bytes) -> list[dict]:
     return [{"epoch": int(row["epoch"]), "loss": float(row["loss"]),
+             "images": int(row.get("images") or 0),  # absent from runs before the budget
              "images_per_s": float(row["images_per_s"]), "seconds": float(row["seconds"])}
             for row in csv.DictReader(io.StringIO(data.decode()))]

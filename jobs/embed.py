@@ -21,7 +21,9 @@ import torch
 from fusc_lib.config import EmbedConfig
 from fusc_lib.models.encoder import (
     PRETRAINED_PREFIX,
+    adopt_run,
     embedding_key,
+    is_run_folder,
     model_encoder,
     pretrained_model,
 )
@@ -44,10 +46,13 @@ class EmbedSummary:
 
 
 def resolve_model(workdir: Workdir, model: str | None, input_size: int) -> str:
-    """The model to embed with: as given (a pretrained one at `input_size`), or the newest SSL
-    run in the workdir."""
+    """The model to embed with: as given (a pretrained one at `input_size`; the folder of a run
+    trained elsewhere is copied into the workdir first), or the newest SSL run in the
+    workdir."""
     if model and model.startswith(PRETRAINED_PREFIX) and "@" not in model:
         return pretrained_model(model.removeprefix(PRETRAINED_PREFIX), input_size)
+    if model and is_run_folder(model):
+        return adopt_run(workdir, model)
     if model:
         return model
     runs = workdir.ssl_runs()

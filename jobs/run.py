@@ -183,8 +183,9 @@ def _ingest(workdir: Workdir, config: RunConfig, sources: list[Source],
 def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str:
     result, resumed = _train(workdir, ssl.fitted_to(workdir.table(SCANS).count_rows()),
                              ray_address)
-    return f"{result['epochs']} epochs, final loss {result['final_loss']}" + \
-        (" (resumed)" if resumed else "")
+    resumed_note = " (resumed)" if resumed else ""
+    return (f"{result['epochs']} epochs ({result['images_seen']:,} images seen), final loss "
+            f"{result['final_loss']}{resumed_note}")
 
 
 def _train(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> tuple[dict, bool]:

@@ -18,12 +18,14 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
 import ray
 import ray.train
 import ray.train.torch
+import torch
 
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
 from fusc_lib.config import SSLConfig
@@ -32,6 +34,7 @@ from fusc_lib.models import create_backbone, create_method, create_views
 from fusc_lib.models.self_label_network import read_start, site_indices
 from fusc_lib.ssl_training import (
     Schedule,
+    TrainingPlan,
     TrainingState,
     loss_csv,
     make_optimizer,
@@ -56,23 +59,22 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
     """
     folder = workdir.ssl_run_dir(config.run)
     config = _run_config(workdir, config, resume)
-    scans = workdir.table(SCANS).count_rows()
+    plan = TrainingPlan.of(config, workdir.table(SCANS).count_rows())
     per_worker_batch = config.batch_size // config.workers
-    steps_per_epoch = scans // config.workers // per_worker_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"{scans} scans cannot fill one batch of {config.batch_size} "
-                         "(lower --batch-size or ingest more)")
     backbone = create_backbone(config.backbone, config.init, config.image_size)
     connect(ray_address)
     # --- Ray Data: stream the stored PNGs (or neighbour pairs), make the views on CPU workers ---
-    dataset = (_scan_rows(workdir, config).randomize_block_order()
+    rows = _scan_rows(workdir, config)
+    if plan.sampled < 1.0:  # the budget: a fresh random sample of the archive every epoch
+        rows = rows.random_sample(plan.sampled)
+    dataset = (rows.randomize_block_order()
                .map_batches(view_columns, fn_kwargs={"views": create_views(config, backbone)},
                             batch_size=per_worker_batch, batch_format="numpy"))
     # --- Ray Train: the loop below on each worker, DDP between them ---
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
         train_loop_config={"config": config.model_dump(), "run_dir": folder,
-                           "steps_per_epoch": steps_per_epoch,
+                           "plan": asdict(plan),
                            "per_worker_batch": per_worker_batch},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu,
@@ -87,6 +89,7 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
     _export_run(result.checkpoint, folder)
     history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_LOG}"))
     return {"run": config.run, "run_dir": folder, "epochs": len(history),
+            "images_seen": sum(row["images"] for row in history),
             "final_loss": history[-1]["loss"] if history else None,
             "images_per_s": history[-1]["images_per_s"] if history else None,
             "seconds": round(time.monotonic() - started, 1)}
@@ -181,6 +184,7 @@ def _train_worker(loop: dict) -> None:
     """Runs on every Ray Train worker. Ray-specific lines are marked `# ray`."""
     config = SSLConfig(**loop["config"])
     rank = ray.train.get_context().get_world_rank()  # ray
+    _use_the_node(ray.train.get_context().get_local_world_size())  # ray
     method = create_method(config)
     model = ray.train.torch.prepare_model(method)  # ray: to the device, DDP when >1 worker
     optimizer = make_optimizer(method, config)
@@ -189,9 +193,9 @@ def _train_worker(loop: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = TrainingState.load(method, optimizer, folder)
-    schedule = Schedule(config, loop["steps_per_epoch"])
+    schedule = Schedule(config, TrainingPlan(**loop["plan"]))
     shard = ray.train.get_dataset_shard("train")  # ray
-    for epoch in range(state.epoch, config.epochs):
+    for epoch in range(state.epoch, schedule.plan.epochs):
         batches = shard.iter_torch_batches(
             batch_size=loop["per_worker_batch"], drop_last=True,
             local_shuffle_buffer_size=_SHUFFLE_BATCHES * loop["per_worker_batch"])
@@ -205,6 +209,16 @@ def _train_worker(loop: dict) -> None:
             ray.train.report(stats.row(), checkpoint=saved)  # ray
         if rank == 0:  # after the checkpoint: a row in loss.csv means its epoch was saved
             write_bytes(f"{loop['run_dir']}/{LOSS_LOG}", loss_csv(state.history))
+
+
+def _use_the_node(local_workers: int) -> None:
+    """Give the workers on this node its cores as torch threads.
+
+    Ray starts a worker reserving one CPU with one torch thread (OMP_NUM_THREADS=1): on a 2-core
+    laptop the training step then uses one core while Ray Data's view making needs a fraction
+    of the other. The step is the bottleneck, so its threads take the node's cores.
+    """
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_workers))
 
 
 def _export_run(checkpoint: ray.train.Checkpoint | None, folder: str) -> None:

@@ -6,16 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from fusc_lib.clustering import TrainedHead, self_label, train_cluster_heads
-from fusc_lib.metrics import hungarian_accuracy
+from fusc_lib.clustering import (
+    PROTOTYPE_TEMPERATURE,
+    TrainedHead,
+    self_label,
+    train_cluster_heads,
+)
+from fusc_lib.metrics import hungarian_accuracy, kmeans_clusters
 from fusc_lib.models.cluster_head import MultiHead, best_head
 from fusc_lib.neighbors import mine_neighbors
 
 
-def blobs(n: int = 400, groups: int = 4, dim: int = 64, spread: float = 1.0, seed: int = 0
-          ) -> tuple[np.ndarray, np.ndarray]:
+def blobs(n: int = 400, groups: int = 4, dim: int = 64, spread: float = 1.0, seed: int = 0,
+          shares: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around `groups` random centres (equally common, or with `shares`)."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, groups, n)
+    labels = rng.choice(groups, n, p=shares)
     x = rng.standard_normal((groups, dim))[labels] + spread * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
 
@@ -55,6 +61,31 @@ def test_over_clustering_runs():
     result = train_cluster_heads(x, neighbors, 20, n_heads=3, epochs=30)
     assert result.probabilities.shape == (300, 20)
     assert len(np.unique(result.assignments)) > 4
+
+
+def test_heads_keep_the_sizes_of_an_imbalanced_archive_where_kmeans_does():
+    """Views are not equally common in an archive. SCAN's entropy pulls every cluster to one
+    size and splits the common view; the prior from each head's k-means keeps it whole."""
+    x, labels = blobs(n=600, spread=1.5, seed=1, shares=[0.55, 0.25, 0.12, 0.08])
+    neighbors, _ = mine_neighbors(x, 20)
+    kmeans = hungarian_accuracy(labels, kmeans_clusters(x, 4, seed=1))
+    equal = train_cluster_heads(x, neighbors, 4, seed=1, start="kmeans", sizes="uniform")
+    prior = train_cluster_heads(x, neighbors, 4, seed=1, start="kmeans", sizes="kmeans")
+    assert kmeans >= 0.95 and hungarian_accuracy(labels, equal.assignments) < 0.85
+    assert hungarian_accuracy(labels, prior.assignments) >= kmeans - 0.02
+    assert prior.config["sizes"] == "kmeans" and len(prior.config["prior"]) == 4
+    assert abs(sum(prior.config["prior"]) - 1) < 1e-6 and max(prior.config["prior"]) > 0.45
+
+
+def test_heads_started_from_kmeans_begin_at_its_prototypes():
+    x, labels = blobs(n=300, seed=2)
+    neighbors, _ = mine_neighbors(x, 10)
+    started = train_cluster_heads(x, neighbors, 4, n_heads=2, epochs=1, lr=1e-6,
+                                  start="kmeans", seed=3)
+    assert hungarian_accuracy(labels, started.assignments) >= 0.95  # before any real training
+    assert started.config["start"] == "kmeans"
+    norms = started.weight.norm(dim=1)  # unit prototypes / PROTOTYPE_TEMPERATURE
+    assert torch.allclose(norms, torch.full_like(norms, 1 / PROTOTYPE_TEMPERATURE), rtol=1e-3)
 
 
 def test_self_label_keeps_or_improves_good_clusters(four_blobs):

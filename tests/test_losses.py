@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusc_lib.losses import class_balance_weights, confidence_ce_loss, fusc_loss
+from fusc_lib.losses import class_balance_weights, confidence_ce_loss, fusc_loss, spread
 
 
 def test_fusc_loss_matches_a_hand_computation():
@@ -42,6 +42,15 @@ def test_a_gradient_step_raises_agreement_and_evens_out_the_mean_prediction():
         mean_after = F.softmax(skewed - 0.5 * skewed.grad, 1).mean(0)
     uniform = torch.full((3,), 1 / 3)
     assert (mean_after - uniform).abs().sum() < (mean_before - uniform).abs().sum()
+
+
+def test_spread_with_a_prior_is_highest_at_the_prior_and_is_the_entropy_for_uniform():
+    mean = torch.tensor([0.6, 0.3, 0.1])
+    uniform, prior = torch.full((3,), 1 / 3), torch.tensor([0.7, 0.2, 0.1])
+    assert torch.isclose(spread(mean, uniform), spread(mean))  # SCAN's H(p̄)
+    assert torch.isclose(spread(prior, prior), torch.tensor(math.log(3)))
+    assert spread(mean, prior) < spread(prior, prior)
+    assert spread(mean, prior) > spread(uniform, prior)  # the uniform mean is far from it
 
 
 def test_confidence_ce_is_zero_with_a_gradient_when_nothing_is_confident():

@@ -32,7 +32,7 @@ from fusc_lib.models import create_backbone
 from fusc_lib.models.backbones import IMAGENET_WEIGHTS, load_by_order
 from fusc_lib.models.encoder import load_encoder
 from fusc_lib.preprocess import clean_pixels, decode_png, workdir_preprocess
-from fusc_lib.ssl_training import parse_loss_csv
+from fusc_lib.ssl_training import TrainingPlan, parse_loss_csv
 from fusc_lib.store import Workdir
 from jobs.ingest import run_ingest
 from jobs.train_ssl import run_train_ssl
@@ -180,6 +180,22 @@ def test_simclr_run_killed_after_an_epoch_resumes_from_its_checkpoint(workdir, r
     _assert_unit_embeddings(workdir, run, 1280)
 
 
+@pytest.mark.parametrize("method", ["barlowtwins", "vicreg"])
+def test_decorrelation_methods_train_an_epoch_and_resume_from_its_checkpoint(workdir, method):
+    """Barlow Twins and VICReg (lightly's heads and losses) on 2 Ray Train workers: one epoch,
+    then the run resumed from its checkpoint (method, heads and optimizer state load back)."""
+    config = SSLConfig(run_name=method, method=method, epochs=1, **TINY)
+    summary = run_train_ssl(workdir, config)
+    history, stored = _outputs(workdir, method)
+    assert summary["epochs"] == 1 and np.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
+    assert stored["method"] == method
+    weights = (Path(workdir.ssl_run_dir(method)) / "backbone.pt").read_bytes()
+    again = run_train_ssl(workdir, SSLConfig(run_name=method), resume=True)
+    assert again["epochs"] == 1 and _outputs(workdir, method)[0] == history
+    assert (Path(workdir.ssl_run_dir(method)) / "backbone.pt").read_bytes() == weights
+    _assert_unit_embeddings(workdir, method, 1280)
+
+
 def test_dino_with_a_small_vit_one_epoch(workdir, ray_session):
     config = SSLConfig.from_profile(
         "quick", run_name="dino-vit", method="dino", backbone="vit_tiny_patch16_224", epochs=1,
@@ -189,6 +205,63 @@ def test_dino_with_a_small_vit_one_epoch(workdir, ray_session):
     assert summary["epochs"] == 1 and len(history) == 1 and np.isfinite(history[0]["loss"])
     assert stored["method"] == "dino"
     _assert_unit_embeddings(workdir, "dino-vit", 192)
+
+
+def test_the_budget_bounds_images_seen_whatever_the_archive_size():
+    quick = SSLConfig()  # 30 passes at most, 6,000 images at most, batch 32
+    small, medium, large = (TrainingPlan.of(quick, n) for n in (200, 600, 10_000_000))
+    assert (small.epochs, small.steps_per_epoch, small.sampled) == (30, 6, 1.0)  # 5,760 seen
+    assert (medium.epochs, medium.steps_per_epoch, medium.sampled) == (10, 18, 1.0)
+    assert (large.epochs, large.steps_per_epoch) == (1, 187)  # the budget, not the archive
+    assert 6000 / 10_000_000 < large.sampled < 1.1 * 6000 / 10_000_000
+    unbounded = TrainingPlan.of(quick.model_copy(update={"images": None}), 10_000)
+    assert (unbounded.epochs, unbounded.steps_per_epoch) == (30, 312)
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        TrainingPlan.of(quick, 20)
+
+
+def test_a_budget_below_the_archive_trains_on_a_sample_of_it(workdir, ray_session):
+    config = SSLConfig(run_name="budget", images=4, **{**TINY, "batch_size": 4})
+    summary = run_train_ssl(workdir, config)
+    history, _ = _outputs(workdir, "budget")
+    assert TrainingPlan.of(config, workdir.table(SCANS).count_rows()).sampled < 1.0
+    assert summary["images_seen"] == 4 and [row["images"] for row in history] == [4]
+
+
+def test_a_run_trained_on_the_archive_clusters_another_folder(workdir, ray_session, data_dir,
+                                                             tmp_path):
+    """Train once (here: the budget run above, or a fresh one), cluster a new folder with it:
+    `fusc run --ssl-run <archive-workdir>/models/ssl/<run>` copies the run in, trains none."""
+    from fusc_lib.cluster_model import ClusterModel
+    from fusc_lib.config import RunConfig
+    from fusc_lib.models.encoder import adopt_run
+    from jobs.run import run_all
+
+    if not Path(workdir.ssl_run_dir("budget"), "encoder.json").exists():
+        run_train_ssl(workdir, SSLConfig(run_name="budget", images=4, **{**TINY, "batch_size": 4}))
+    source = workdir.ssl_run_dir("budget")
+    folder = tmp_path / "new-batch"
+    folder.mkdir()
+    for path in sorted((data_dir / "hc18" / "images").glob("*.png"))[:8]:
+        shutil.copy(path, folder / path.name)
+    target = Workdir(str(tmp_path / "w"))
+    workdir_preprocess(target, {"ocr_engine": "none", "image_size": 64})
+    reports = []
+    summary = run_all(target, RunConfig(
+        ingest={"paths": [str(folder)]}, embed={"embedding": source, "views": 1},
+        neighbors={"k": 3}, cluster={"clusters": 2, "heads": 2, "epochs": 5, "k": 3},
+        self_label=None), echo=reports.append)
+    assert "train-ssl" not in {report.stage for report in reports}
+    copied = Path(target.ssl_run_dir("budget"))
+    assert (copied / "backbone.pt").read_bytes() == Path(source, "backbone.pt").read_bytes()
+    assert ClusterModel.load(target).embedding == "budget"
+    assert sum(summary.sizes) == target.table(SCANS).count_rows() == 8
+    assert adopt_run(target, source) == "budget"  # the same run again: nothing to do
+    (copied / "backbone.pt").write_bytes(b"another run")
+    with pytest.raises(ValueError, match="different SSL run named 'budget'"):
+        adopt_run(target, source)
+    with pytest.raises(ValueError, match="no finished SSL run"):
+        adopt_run(target, str(folder))
 
 
 def test_resume_without_a_run_is_refused(tmp_path):

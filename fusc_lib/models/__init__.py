@@ -9,10 +9,11 @@ from fusc_lib.models.backbones import Backbone, create_backbone
 from fusc_lib.models.dino import DINO
 from fusc_lib.models.fusc_network import FUSCNetwork
 from fusc_lib.models.self_label_network import SelfLabelNetwork
-from fusc_lib.models.simclr import SimCLR
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
+from fusc_lib.models.two_views import BarlowTwins, SimCLR, VICReg
 
-METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "dino": DINO, "fusc": FUSCNetwork,
+METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "barlowtwins": BarlowTwins,
+                                       "vicreg": VICReg, "dino": DINO, "fusc": FUSCNetwork,
                                        "selflabel": SelfLabelNetwork}
 
 

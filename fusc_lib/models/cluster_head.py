@@ -22,6 +22,14 @@ class MultiHead(nn.Module):
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         return [head(features) for head in self.heads]
 
+    def start_from(self, prototypes: Sequence[torch.Tensor], temperature: float) -> None:
+        """Start head h at `prototypes[h]` (C, D unit vectors): logits = cosine / temperature
+        on unit-length features, a soft nearest-prototype assignment."""
+        with torch.no_grad():
+            for head, start in zip(self.heads, prototypes, strict=True):
+                head.weight.copy_(start / temperature)
+                head.bias.zero_()
+
 
 def best_head(losses: Sequence[float]) -> int:
     """Index of the head with the lowest loss (the first, on ties)."""

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusc_lib.artifacts import exists, load_torch, read_bytes, save_torch, write_bytes
+from fusc_lib.artifacts import (
+    exists,
+    file_names,
+    load_torch,
+    read_bytes,
+    save_torch,
+    write_bytes,
+)
 from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
 from fusc_lib.config import EmbedConfig, default_of
 from fusc_lib.layout import BACKBONE_WEIGHTS, ENCODER_INFO
@@ -24,6 +31,7 @@ from fusc_lib.models.backbones import IMAGENET, IMAGENET_WEIGHTS, RANDOM, Backbo
 from fusc_lib.store import Workdir
 
 # Model names: an SSL run of the workdir, or pretrained:<timm name>[@<input size>] (ImageNet).
+# Where a name is taken from the user, the folder of a run elsewhere is copied in (`adopt_run`).
 PRETRAINED_PREFIX = "pretrained:"
 PRETRAINED_SIZE = default_of(EmbedConfig, "input_size")  # the size a name without @ means
 # The embeddings of a model averaged over n views are stored under `<model>~views<n>`.
@@ -93,6 +101,36 @@ def save_encoder(backbone: Backbone, input_size: int, run_dir: str) -> None:
 def is_trained(workdir: Workdir, run: str) -> bool:
     """Whether SSL run `run` has finished (it exports encoder.json last)."""
     return exists(f"{workdir.ssl_run_dir(run)}/{ENCODER_INFO}")
+
+
+def adopt_run(workdir: Workdir, source: str) -> str:
+    """Copy a finished SSL run trained elsewhere (its folder, path or URI: typically
+    `<archive-workdir>/models/ssl/<run>`) into this workdir's models, under the folder's name;
+    returns that run name. The workdir stays self-contained: serving and reports read the copy.
+
+    Raises ValueError when `source` holds no finished run (no encoder.json), or when this
+    workdir holds a different run of the same name.
+    """
+    source = source.rstrip("/")
+    name = source.rsplit("/", 1)[-1]
+    if not exists(f"{source}/{ENCODER_INFO}"):
+        raise ValueError(f"{source} holds no finished SSL run (no {ENCODER_INFO}): give the "
+                         "folder `fusc train-ssl` wrote, <workdir>/models/ssl/<run>")
+    target = workdir.ssl_run_dir(name)
+    if is_trained(workdir, name):
+        if read_bytes(f"{target}/{BACKBONE_WEIGHTS}") == read_bytes(f"{source}/{BACKBONE_WEIGHTS}"):
+            return name
+        raise ValueError(f"this workdir already has a different SSL run named {name!r}: copy "
+                         "the source folder under another name first")
+    names = [n for n in file_names(source) if n != ENCODER_INFO] + [ENCODER_INFO]  # it marks done
+    for file_name in names:
+        write_bytes(f"{target}/{file_name}", read_bytes(f"{source}/{file_name}"))
+    return name
+
+
+def is_run_folder(model: str) -> bool:
+    """Whether a model name is the folder of a run elsewhere (run names hold no '/')."""
+    return "/" in model
 
 
 def load_encoder(run_dir: str, device: str = "cpu") -> Encoder:
