@@ -3,18 +3,24 @@
 For each seed: a fresh workdir, the whole `fusc run` (ingest → SSL → embed → sites →
 neighbors → cluster → self-label → assign) timed end to end with no labels and no site given;
 then, with the labels (used only to score): purity, NMI and Hungarian accuracy against `view`,
-the smallest cluster's share, and NMI against `site` (lower: less hospital in the clusters).
-Baselines on the run's own embeddings: k-means on them as stored (the paper's baseline), and
-k-means on the site-centred space. Prints one table, mean [min–max] over seeds.
+the smallest cluster's share, and NMI against `site` and `device` where the labels name them
+(lower: less hospital or machine in the clusters). Baselines on the run's own embeddings:
+k-means on them as stored (the paper's baseline) and on the site-centred space. `--recluster`
+also scores the same workdir re-clustered at other numbers of clusters (`fusc run --clusters
+K` again: only cluster, self-label and assign rerun). Prints one table, mean [min–max] over
+seeds.
 
     .venv/bin/python -m bench.quality --dataset african-planes --clusters 4 --seeds 0 1 2
-    .venv/bin/python -m bench.quality --dataset fetal-planes-db --clusters 5
-    .venv/bin/python -m bench.quality --cluster-mode network --seeds 0   # the paper's mode
+    .venv/bin/python -m bench.quality --dataset fetal-planes-db-large --clusters 15 --recluster 6
+    .venv/bin/python -m bench.quality --dataset pooled --clusters 4      # both, one archive
+    .venv/bin/python -m bench.quality --method barlowtwins --seeds 0     # another SSL objective
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,44 +37,89 @@ from fusc_lib.store import Workdir
 from jobs.run import run_all
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+POOLED = ("african-planes", "fetal-planes-db-large")  # same four views, six hospitals
+COLUMNS = ["purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site", "nmi_device"]
 
 
-def one_seed(dataset: Path, clusters: int, seed: int, profile: str,
-             cluster_mode: str = "frozen") -> dict[str, dict]:
+def dataset_folder(name: str, root: Path) -> tuple[Path, Path]:
+    """(images folder, label CSV with file, view, site, device) of a `../shared/data` set, or
+    of `pooled`: the POOLED sets copied into one folder."""
+    sets = POOLED if name == "pooled" else (name,)
+    if len(sets) == 1:
+        return DATA / name / "images", DATA / name / "labels.csv"
+    images, rows = root / "pooled", []
+    images.mkdir()
+    for part in sets:
+        for row in csv.DictReader(open(DATA / part / "labels.csv")):
+            rows.append({"file": row["file"], "view": row["view"], "site": row["site"],
+                         "device": row.get("device") or row["site"]})
+            shutil.copy(DATA / part / "images" / row["file"], images / row["file"])
+    labels = root / "pooled-labels.csv"
+    with open(labels, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return images, labels
+
+
+def device_labels(labels: Path, root: Path) -> Path | None:
+    """The label file with `site` replaced by `device`, for NMI against the machine."""
+    rows = list(csv.DictReader(open(labels)))
+    if "device" not in rows[0]:
+        return None
+    path = root / "device-labels.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "view", "site"])
+        writer.writeheader()
+        writer.writerows({"file": r["file"], "view": r["view"], "site": r["device"]}
+                         for r in rows)
+    return path
+
+
+def score(store: Workdir, labels: Path, devices: Path | None, clusters: np.ndarray,
+          image_ids: list[str]) -> dict[str, float]:
+    views, sites = labels_of(load_labels(store, labels), image_ids)
+    scores = clustering_scores(views, sites, clusters)
+    if devices:
+        _, machines = labels_of(load_labels(store, devices), image_ids)
+        scores["nmi_device"] = clustering_scores(views, machines, clusters)["nmi_site"]
+    return scores
+
+
+def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="fusc-quality-") as root:
-        store = Workdir(root)
-        started = time.monotonic()
-        ssl = SSLConfig.from_profile(profile, seed=seed)
-        network = {"mode": cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
+        images, labels = dataset_folder(args.dataset, Path(root))
+        devices = device_labels(labels, Path(root))
+        store = Workdir(f"{root}/w")
+        ssl = SSLConfig.from_profile(args.profile, seed=seed, method=args.method)
+        network = {"mode": args.cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
                    "seed": seed}  # as `fusc run --seed S --cluster-mode M` sets them
-        config = RunConfig(ingest={"paths": [str(dataset / "images")]}, ssl=ssl,
-                           sites={"seed": seed}, cluster={"clusters": clusters, **network},
-                           self_label=network)
-        run_all(store, config)
-        minutes = (time.monotonic() - started) / 60
-        model = ClusterModel.load(store)
-        labels = load_labels(store, dataset / "labels.csv")
-        ids, assigned = assigned_clusters(store, model.version)
-        views, sites = labels_of(labels, ids)
-        results = {"fusc run": {**clustering_scores(views, sites, assigned),
-                                "minutes": minutes,
-                                "self_label": float(model.notes.get("stage") == "self-label")}}
-        space = clustering_space(store, model.embedding)
-        views, sites = labels_of(labels, space.image_ids)
-        results["k-means, embeddings"] = clustering_scores(
-            views, sites, kmeans_clusters(space.raw, clusters, seed))
-        results["k-means, site-centred"] = clustering_scores(
-            views, sites, kmeans_clusters(space.vectors, clusters, seed))
+        results: dict[str, dict] = {}
+        for clusters in [args.clusters, *args.recluster]:
+            started = time.monotonic()
+            config = RunConfig(ingest={"paths": [str(images)]}, ssl=ssl, sites={"seed": seed},
+                               cluster={"clusters": clusters, **network}, self_label=network)
+            run_all(store, config)
+            minutes = (time.monotonic() - started) / 60
+            model = ClusterModel.load(store)
+            ids, assigned = assigned_clusters(store, model.version)
+            results[f"K={clusters} fusc run"] = {**score(store, labels, devices, assigned, ids),
+                                                 "minutes": minutes}
+            space = clustering_space(store, model.embedding)
+            for name, vectors in (("k-means, embeddings", space.raw),
+                                  ("k-means, site-centred", space.vectors)):
+                results[f"K={clusters} {name}"] = score(
+                    store, labels, devices, kmeans_clusters(vectors, clusters, seed),
+                    space.image_ids)
     return results
 
 
 def summarise(runs: list[dict[str, dict]]) -> None:
-    columns = ["purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site"]
-    print("| variant | CP | NMI | ACC | smallest cluster | NMI vs site | minutes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | CP | NMI | ACC | smallest cluster | NMI vs site | NMI vs device | minutes |")
+    print("|---|---|---|---|---|---|---|---|")
     for variant in runs[0]:
         cells = []
-        for column in [*columns, "minutes"]:
+        for column in [*COLUMNS, "minutes"]:
             values = np.asarray([run[variant].get(column, np.nan) for run in runs])
             cells.append("" if np.isnan(values).all() else
                          f"{values.mean():.3f} [{values.min():.3f}–{values.max():.3f}]")
@@ -77,23 +128,28 @@ def summarise(runs: list[dict[str, dict]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="african-planes")
+    parser.add_argument("--dataset", default="african-planes",
+                        help=f"a set under ../shared/data, or pooled ({' + '.join(POOLED)})")
     parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--recluster", type=int, nargs="*", default=[],
+                        help="also re-cluster the same workdir at these K")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--profile", default="quick")
+    parser.add_argument("--method", default=None, help="SSL objective (default: the profile's)")
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],
                         help="`fusc run --cluster-mode`: network trains the backbone in the "
                              "cluster and self-label stages too (about 8 minutes more on CPU)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
-        runs.append(one_seed(DATA / args.dataset, args.clusters, seed, args.profile,
-                             args.cluster_mode))
-        print(f"seed {seed}: " + ", ".join(f"{variant} CP {scores['purity']:.3f} NMI "
-                                            f"{scores['nmi']:.3f} ACC {scores['accuracy']:.3f}"
-                                            for variant, scores in runs[-1].items()), flush=True)
-    print(f"\n{args.dataset}, {args.clusters} clusters, seeds {args.seeds}, profile "
-          f"{args.profile}, cluster mode {args.cluster_mode} (labels used only to score)")
+        runs.append(one_seed(args, seed))
+        print(f"seed {seed}: " + ", ".join(
+            f"{variant} CP {scores['purity']:.3f} NMI {scores['nmi']:.3f}"
+            for variant, scores in runs[-1].items()), flush=True)
+    ssl_default = SSLConfig.from_profile(args.profile).method
+    print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
+          f"{args.seeds}, profile {args.profile}, method {args.method or ssl_default}, "
+          f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)
 
 

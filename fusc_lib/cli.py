@@ -232,6 +232,8 @@ def cluster(
     embedding: option(ClusterConfig, "embedding"),
     heads: option(ClusterConfig, "heads"),
     entropy_weight: option(ClusterConfig, "entropy_weight"),
+    start: option(ClusterConfig, "start"),
+    sizes: option(ClusterConfig, "sizes"),
     epochs: option(ClusterConfig, "epochs"),
     mode: option(ClusterConfig, "mode"),
     network_epochs: option(ClusterConfig, "network_epochs"),

@@ -54,7 +54,7 @@ class ClusterModel:
                 "head": self.head.metadata(), "notes": self.notes}
         write_bytes(f"{folder}/{CLUSTER_MODEL_INFO}", json.dumps(meta, indent=1).encode())
         if make_current:
-            workdir.write_json({"version": self.version}, *CURRENT_CLUSTER_MODEL)
+            set_current(workdir, self.version)
         return folder
 
     @classmethod
@@ -82,6 +82,11 @@ def model_info(workdir: Workdir, version: str) -> dict:
     loading weights; {} when there is none."""
     path = f"{workdir.cluster_model_dir(version)}/{CLUSTER_MODEL_INFO}"
     return json.loads(read_bytes(path)) if exists(path) else {}
+
+
+def set_current(workdir: Workdir, version: str) -> None:
+    """Make `version` the model that assign, serve, evaluate and review use by default."""
+    workdir.write_json({"version": version}, *CURRENT_CLUSTER_MODEL)
 
 
 def current_version(workdir: Workdir) -> str:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from fusc_lib.artifacts import exists
 from fusc_lib.assigned_model import AssignedModel
-from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.cluster_model import ClusterModel, current_version, set_current
 from fusc_lib.clustering_space import clustering_space, latest_embedding
 from fusc_lib.config import (
     ClusterConfig,
@@ -219,9 +219,14 @@ def _cluster(workdir: Workdir, config: ClusterConfig, ray_address: str | None) -
 
 
 def _self_label(workdir: Workdir, config: SelfLabelConfig, ray_address: str | None) -> str:
-    result = self_label_flow(workdir, config, ray_address)
+    """Self-label the model the cluster stage made (not the current one, which a finished
+    self-label of an earlier try may be)."""
+    made = StageLedger(workdir).stamp(CLUSTER_OUTPUT)["version"]
+    result = self_label_flow(workdir, config.model_copy(update={"cluster_model": made}),
+                             ray_address)
     if result.accepted:
         return f"accepted: model {result.version}, sizes {result.sizes}"
+    set_current(workdir, made)
     return "kept the input model: " + "; ".join(result.reasons)
 
 

@@ -20,10 +20,12 @@ import torch
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.config import ClusterConfig, RunConfig, SelfLabelConfig, SSLConfig
 from fusc_lib.export import COLUMNS, export_table, write_export
+from fusc_lib.ledger import StageLedger
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
-from jobs.run import assign_flow, run_all
+from jobs.cluster import run_cluster
+from jobs.run import CLUSTER_OUTPUT, assign_flow, run_all
 from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
 
 PRETRAINED = "pretrained:efficientnet_lite0"
@@ -177,7 +179,6 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, data_dir, 
 
 def test_over_clustering_and_a_rejected_self_label_keep_a_usable_current_model(finished):
     """C far above the number of views trains; self-label that cannot help leaves the input."""
-    from jobs.cluster import run_cluster
     from jobs.self_label import run_self_label
 
     store, config, summary, _ = finished
@@ -190,6 +191,26 @@ def test_over_clustering_and_a_rejected_self_label_keep_a_usable_current_model(f
     outcome = run_self_label(store, SelfLabelConfig(threshold=1.0, epochs=1, lr=1e-6))
     assert ClusterModel.load(store).version == (outcome.version if outcome.accepted
                                                 else over.version)
+    store.write_json({"version": before}, "models", "cluster", "current.json")
+
+
+def test_a_changed_self_label_starts_again_from_the_model_the_cluster_stage_made(finished):
+    """Changing only self-label's options reruns it on the cluster stage's model, not on the
+    current one (an earlier self-label's result, or here any other model)."""
+    store, config, *_ = finished
+    before = current_version(store)
+    made = StageLedger(store).stamp(CLUSTER_OUTPUT)["version"]
+    other = run_cluster(store, ClusterConfig(embedding=f"{PRETRAINED}~views2", clusters=5,
+                                             heads=2, epochs=5, k=5))
+    assert current_version(store) == other.version != made
+    changed = config.model_copy(update={"self_label": SelfLabelConfig(threshold=0.9)})
+    reports = []
+    run_all(store, changed, echo=reports.append)
+    ran = {r.stage for r in reports if not r.skipped}
+    assert "self-label" in ran and not ran & {"sites", "neighbors", "cluster"}
+    model = ClusterModel.load(store)
+    assert model.version == made or model.notes["input"] == made
+    assert model.n_clusters == ClusterModel.load(store, made).n_clusters == 3
     store.write_json({"version": before}, "models", "cluster", "current.json")
 
 
