@@ -148,19 +148,29 @@ def run_summary(summary, store, labels: list[Path] | None) -> None:
 
 
 def cluster_scores(store, version: str, labels: list[Path]) -> None:
-    from fusc_lib.diagnostics import assigned_clusters, clustering_scores
+    """The model's clusters against `labels`, beside k-means with the same K on the same
+    embeddings (as stored and site-centred): the heads must not lose to it."""
+    from fusc_lib.assigned_model import AssignedModel
+    from fusc_lib.cluster_model import ClusterModel
+    from fusc_lib.diagnostics import clustering_scores
     from fusc_lib.labels import labels_of, load_labels
+    from fusc_lib.metrics import kmeans_clusters
 
-    ids, clusters = assigned_clusters(store, version)
+    data = AssignedModel(store, ClusterModel.load(store, version))
     with user_errors():
-        views, sites = labels_of(load_labels(store, labels), ids)
-    scores = clustering_scores(views, sites, clusters)
-    table = Table(title="clusters against the labels (used only to score)")
-    for name in ("purity", "NMI (view)", "Hungarian acc.", "smallest cluster",
+        views, sites = labels_of(load_labels(store, labels), data.image_ids)
+    k = data.model.n_clusters
+    rows = {"FUSC heads (this model)": data.clusters,
+            "k-means, embeddings as stored": kmeans_clusters(data.space.raw[data.rows], k),
+            "k-means, site-centred": kmeans_clusters(data.space.vectors[data.rows], k)}
+    table = Table(title=f"clusters against the labels (used only to score), K = {k}")
+    for name in ("clustering", "purity", "NMI (view)", "Hungarian acc.", "smallest cluster",
                  "NMI (site), lower = better"):
         table.add_column(name)
-    table.add_row(*(f"{scores[key]:.3f}" for key in (
-        "purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")))
+    for name, clusters in rows.items():
+        scores = clustering_scores(views, sites, clusters)
+        table.add_row(name, *(f"{scores[key]:.3f}" for key in (
+            "purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")))
     Console().print(table)
 
 

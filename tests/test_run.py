@@ -292,6 +292,9 @@ def test_run_command_prints_site_nmi_and_scores_against_labels(finished, tmp_pat
     assert result.exit_code == 0, result.output
     assert "NMI of the clusters against site" in result.output
     assert "clusters against the labels" in result.output and "purity" in result.output
+    assert "FUSC heads (this model)" in result.output  # beside k-means on the same embeddings
+    assert "k-means, embeddings as stored" in result.output and "k-means, site-centred" in \
+        result.output
 
 
 def test_assign_embeds_and_places_scans_ingested_after_the_model(finished, tmp_path, data_dir):

@@ -60,17 +60,23 @@ class SimCLR(TwoViewMethod):
                    NTXentLoss(temperature=config.temperature, gather_distributed=True))
 
 
-class BarlowTwins(TwoViewMethod):
+class DecorrelationMethod(TwoViewMethod):
+    """A two-view method without negatives: a `head_class` projection of
+    DECORRELATION_PROJECTION_DIM, a `loss_class` over the whole (gathered) batch."""
+
+    head_class: type[nn.Module]
+    loss_class: type[nn.Module]
+
     @classmethod
-    def from_config(cls, config: SSLConfig, backbone: Backbone) -> BarlowTwins:
+    def from_config(cls, config: SSLConfig, backbone: Backbone) -> DecorrelationMethod:
         width = DECORRELATION_PROJECTION_DIM
-        return cls(backbone, BarlowTwinsProjectionHead(backbone.dim, width, width),
-                   BarlowTwinsLoss(gather_distributed=True))
+        return cls(backbone, cls.head_class(backbone.dim, width, width),
+                   cls.loss_class(gather_distributed=True))
 
 
-class VICReg(TwoViewMethod):
-    @classmethod
-    def from_config(cls, config: SSLConfig, backbone: Backbone) -> VICReg:
-        width = DECORRELATION_PROJECTION_DIM
-        return cls(backbone, VICRegProjectionHead(backbone.dim, width, width),
-                   VICRegLoss(gather_distributed=True))
+class BarlowTwins(DecorrelationMethod):
+    head_class, loss_class = BarlowTwinsProjectionHead, BarlowTwinsLoss
+
+
+class VICReg(DecorrelationMethod):
+    head_class, loss_class = VICRegProjectionHead, VICRegLoss
