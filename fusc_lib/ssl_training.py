@@ -26,6 +26,7 @@ from fusc_lib.layout import TRAINING_STATE
 from fusc_lib.models import SSLMethod, ViewMaker
 from fusc_lib.preprocess import decode_png
 
+MIN_CHECKPOINTS = 10  # epochs (checkpoints) of a run whose budget the archive exceeds
 LOSS_COLUMNS = ("epoch", "loss", "images", "images_per_s", "seconds")
 
 
@@ -55,7 +56,8 @@ class TrainingPlan:
     """How much a run trains: `epochs` epochs of `steps_per_epoch` steps of the global batch.
 
     An epoch is a pass over the archive, or over a fresh random sample of `sampled` of its scans
-    where the budget (`SSLConfig.images`) is smaller than the archive; a checkpoint follows each.
+    where a tenth of the budget (`SSLConfig.images`) is smaller than the archive, so a run over a
+    large archive still checkpoints MIN_CHECKPOINTS times; a checkpoint follows each epoch.
     """
 
     epochs: int
@@ -67,7 +69,8 @@ class TrainingPlan:
         """The plan for `scans` stored scans: at most `config.epochs` passes and at most
         `config.images` images seen (one epoch at least). Raises ValueError when `scans` cannot
         fill one batch."""
-        per_epoch = min(scans, config.images or scans)
+        per_epoch = scans if not config.images else min(
+            scans, max(config.images // MIN_CHECKPOINTS, config.batch_size))
         steps = per_epoch // config.batch_size
         if steps == 0:
             raise ValueError(f"{scans} scans cannot fill one batch of {config.batch_size} "

@@ -233,8 +233,9 @@ def test_the_budget_bounds_images_seen_whatever_the_archive_size():
     small, medium, large = (TrainingPlan.of(quick, n) for n in (200, 600, 10_000_000))
     assert (small.epochs, small.steps_per_epoch, small.sampled) == (30, 6, 1.0)  # 5,760 seen
     assert (medium.epochs, medium.steps_per_epoch, medium.sampled) == (10, 18, 1.0)
-    assert (large.epochs, large.steps_per_epoch) == (1, 187)  # the budget, not the archive
-    assert 6000 / 10_000_000 < large.sampled < 1.1 * 6000 / 10_000_000
+    # the budget, not the archive: 10 epochs (checkpoints) of a fresh sample of 600 scans
+    assert (large.epochs, large.steps_per_epoch) == (10, 18)
+    assert 600 / 10_000_000 < large.sampled < 1.2 * 600 / 10_000_000
     unbounded = TrainingPlan.of(quick.model_copy(update={"images": None}), 10_000)
     assert (unbounded.epochs, unbounded.steps_per_epoch) == (30, 312)
     with pytest.raises(ValueError, match="cannot fill one batch"):
@@ -251,11 +252,12 @@ def test_an_archive_run_on_a_budget_clusters_another_folder(workdir, ray_session
     from fusc_lib.models.encoder import adopt_run
     from jobs.run import run_all
 
-    config = SSLConfig(run_name="archive", images=4, **{**TINY, "batch_size": 4})
-    assert TrainingPlan.of(config, workdir.table(SCANS).count_rows()).sampled < 1.0
+    config = SSLConfig(run_name="archive", images=8, **{**TINY, "batch_size": 4})
+    plan = TrainingPlan.of(config, workdir.table(SCANS).count_rows())
+    assert (plan.epochs, plan.steps_per_epoch) == (2, 1) and plan.sampled < 1.0
     summary = run_train_ssl(workdir, config)
     history, _ = _outputs(workdir, "archive")
-    assert summary["images_seen"] == 4 and [row["images"] for row in history] == [4]
+    assert summary["images_seen"] == 8 and [row["images"] for row in history] == [4, 4]
 
     source = workdir.ssl_run_dir("archive")
     folder = tmp_path / "new-batch"
