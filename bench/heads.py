@@ -1,0 +1,77 @@
+"""FUSC heads against k-means on one workdir's stored clustering space, several seeds.
+
+What the cluster stage alone buys, with the embeddings fixed: k-means (the paper's baseline) on
+the embeddings as stored and on the site-centred space the heads train on, beside the heads with
+SCAN's random start, the heads started from k-means prototypes (the default), those + frozen
+self-labeling (what `fusc run` keeps), and the heads with the k-means size prior. Labels only
+score. Seconds per K on a few hundred scans.
+
+    .venv/bin/python -m bench.heads --workdir W --labels ../shared/data/fetal-planes-db-large/labels.csv \
+        --clusters 15 6 4 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+
+from fusc_lib.clustering import self_label, train_cluster_heads
+from fusc_lib.clustering_space import clustering_space, latest_embedding, load_neighbors
+from fusc_lib.diagnostics import clustering_scores
+from fusc_lib.labels import labels_of, load_labels
+from fusc_lib.metrics import kmeans_clusters
+from fusc_lib.store import Workdir
+
+COLUMNS = ("purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")
+
+
+def variants(x: np.ndarray, raw: np.ndarray, neighbors: np.ndarray, k: int, seed: int
+             ) -> dict[str, Callable[[], np.ndarray]]:
+    """Name -> a function giving each scan's cluster."""
+    def heads(start: str, sizes: str = "uniform") -> np.ndarray:
+        return train_cluster_heads(x, neighbors, k, start=start, sizes=sizes,
+                                   seed=seed).assignments
+
+    def heads_and_self_label() -> np.ndarray:
+        start = train_cluster_heads(x, neighbors, k, seed=seed)
+        return self_label(x, start, neighbors, seed=seed).result.assignments
+
+    return {"k-means, embeddings as stored": lambda: kmeans_clusters(raw, k, seed),
+            "k-means, site-centred": lambda: kmeans_clusters(x, k, seed),
+            "heads, random start (SCAN)": lambda: heads("random"),
+            "heads, k-means start (default)": lambda: heads("kmeans"),
+            "  + self-label (fusc run)": heads_and_self_label,
+            "heads, k-means start, --sizes kmeans": lambda: heads("kmeans", "kmeans")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--embedding", default=None, help="default: the newest")
+    parser.add_argument("--clusters", type=int, nargs="+", default=[15, 6, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    store = Workdir(args.workdir)
+    key = args.embedding or latest_embedding(store)
+    space = clustering_space(store, key)
+    neighbors = load_neighbors(store, key, space.image_ids)
+    views, sites = labels_of(load_labels(store, args.labels), space.image_ids)
+    print(f"{args.workdir}: {len(views)} scans, embedding {key}, seeds {args.seeds}")
+    print("| K | variant | CP | NMI | ACC | smallest cluster | NMI vs site |")
+    print("|---|---|---|---|---|---|---|")
+    for k in args.clusters:
+        runs: dict[str, list[dict]] = {}
+        for seed in args.seeds:
+            for name, cluster in variants(space.vectors, space.raw, neighbors, k, seed).items():
+                runs.setdefault(name, []).append(clustering_scores(views, sites, cluster()))
+        for name, scores in runs.items():
+            cells = [f"{np.mean([s[c] for s in scores]):.3f} [{min(s[c] for s in scores):.3f}–"
+                     f"{max(s[c] for s in scores):.3f}]" for c in COLUMNS]
+            print(f"| {k} | {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
