@@ -308,7 +308,8 @@ def assign(
 
 @command()
 def export(
-    output: Annotated[Path, typer.Option(help="File to write.")],
+    output: Annotated[str, typer.Option(help="File (imagefolder: folder) to write: a local "
+                                        "path or an object-store URI (s3://...).")],
     file_format: command_option(str | None, None, "csv | parquet | imagefolder. Default: from "
                                 "the output's suffix.", "--format"),
     cluster_model: ClusterModelOption,
@@ -420,7 +421,7 @@ def report(
     labels: option(ReportConfig, "labels", as_type=Path | None, exists=True, dir_okay=False),
     montage: option(ReportConfig, "montage"),
     map_points: option(ReportConfig, "map_points"),
-    output: option(ReportConfig, "output", as_type=Path | None, dir_okay=False),
+    output: option(ReportConfig, "output"),
     cluster_model: ClusterModelOption,
     workdir: WorkdirOption,
 ) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from fusc_lib import artifacts
 from fusc_lib.cluster_model import ClusterModel
 from fusc_lib.review import CLUSTER, EXCLUDED, MOVED, ReviewState, review_state, suggestions
 from fusc_lib.store import Workdir, rows_by_id
@@ -74,18 +75,18 @@ def _source_files(workdir: Workdir) -> pa.Table:
 
 
 def write_export(table: pa.Table, output: str | Path, file_format: str | None = None) -> str:
-    """Write as `file_format`, or as the output's suffix says (csv | parquet); imagefolder
-    through `write_imagefolder`."""
-    output = Path(output)
-    file_format = file_format or output.suffix.lstrip(".").lower()
+    """Write as `file_format`, or as the output's suffix says (csv | parquet), to a local path
+    or an object-store URI (s3://...); imagefolder through `write_imagefolder`. Returns where."""
+    output = str(output)
+    file_format = file_format or PurePosixPath(output).suffix.lstrip(".").lower()
     if file_format not in FORMATS[:2]:
         raise ValueError(f"unknown export format {file_format!r}; use one of {', '.join(FORMATS)}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if file_format == "csv":
-        pacsv.write_csv(table, output)
-    else:
-        pq.write_table(table, output)
-    return str(output)
+    with artifacts.open_output(output) as stream:
+        if file_format == "csv":
+            pacsv.write_csv(table, stream)
+        else:
+            pq.write_table(table, stream)
+    return output
 
 
 @dataclass
@@ -99,7 +100,7 @@ class ImageFolderSummary:
 def write_imagefolder(workdir: Workdir, table: pa.Table, folder: str | Path) -> ImageFolderSummary:
     """The labelled scans of an export `table` (label source cluster or moved; one per scan,
     copies left out) as `folder/<label>/<file name>[_fNNNN]_<id8>.png`: the stored image."""
-    folder = Path(folder)
+    folder = str(folder).rstrip("/")
     scans = table.filter(pc.is_null(table["duplicate_of"]))
     sources = scans["label_source"].to_pylist()
     kept = scans.filter(pa.array([s in (CLUSTER, MOVED) for s in sources]))
@@ -108,11 +109,10 @@ def write_imagefolder(workdir: Workdir, table: pa.Table, folder: str | Path) -> 
     png = dict(zip(images["image_id"].to_pylist(), images["image"].to_pylist()))
     written: dict[str, int] = {}
     for row in kept.select(["image_id", "source_uri", "frame", "label"]).to_pylist():
-        target = folder / _folder_name(row["label"]) / _file_name(row)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(png[row["image_id"]])
+        artifacts.write_bytes(f"{folder}/{_folder_name(row['label'])}/{_file_name(row)}",
+                              png[row["image_id"]])
         written[row["label"]] = written.get(row["label"], 0) + 1
-    return ImageFolderSummary(str(folder), written, sources.count(EXCLUDED),
+    return ImageFolderSummary(folder, written, sources.count(EXCLUDED),
                               len(sources) - kept.num_rows - sources.count(EXCLUDED))
 
 

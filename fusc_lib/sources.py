@@ -18,6 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fusc_lib.artifacts import resolve
+
 MANIFEST_COLUMNS = ("site", "patient", "study")
 _GLOB_CHARACTERS = "*?["
 
@@ -42,7 +44,7 @@ class SourceError(ValueError):
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str, str]:
     """(filesystem, path inside it, URI prefix to rebuild full URIs)."""
     if "://" in location:
-        filesystem, path = pafs.FileSystem.from_uri(location)
+        filesystem, path = resolve(location)
         return filesystem, path, location[: location.index("://") + 3]
     return pafs.LocalFileSystem(), os.path.abspath(location), ""
 

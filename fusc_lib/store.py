@@ -44,7 +44,8 @@ from schemas.tables import (
 def rows_by_id(table_uri: str, image_ids: list[str], columns: list[str]) -> pa.Table:
     """The rows of a Lance table whose image_id is one of `image_ids` (any order)."""
     return lance.dataset(table_uri).to_table(columns=columns,
-                                             filter=pc.field("image_id").isin(image_ids))
+                                             filter=pc.field("image_id").isin(
+                                                 pa.array(image_ids, pa.string())))
 
 
 # Columns renamed since a release: old name -> name today.
@@ -240,7 +241,7 @@ class Workdir:
         return self._model_folders(CLUSTER_MODELS, CLUSTER_MODEL_INFO)
 
     def _model_folders(self, parts: tuple[str, ...], marker: str) -> list[str]:
-        filesystem, root = pafs.FileSystem.from_uri(self.path(*parts))
+        filesystem, root = artifacts.resolve(self.path(*parts))
         folders = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
         markers = filesystem.get_file_info([f"{f.path}/{marker}" for f in folders
                                             if f.type == pafs.FileType.Directory])

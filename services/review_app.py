@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import pyarrow.fs as pafs
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -206,7 +205,7 @@ class Thumbnails:
 
 def write_whole(uri: str, data: bytes) -> None:
     """Write a file under a temporary name, then rename it: a reader sees all of it or none."""
-    filesystem, path = pafs.FileSystem.from_uri(uri)
+    filesystem, path = artifacts.resolve(uri)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     temporary = f"{path}.{uuid.uuid4().hex}.tmp"
     with filesystem.open_output_stream(temporary) as stream:
