@@ -47,6 +47,9 @@ from jobs.ray_runtime import cluster_cpus, connect
 from schemas.tables import NEIGHBORS, SCANS, SITES
 
 _SHUFFLE_BATCHES = 4  # local shuffle buffer, in batches (rows hold augmented views: keep small)
+# A worker lost this many times (node preempted, process killed) restarts the workers from the
+# last checkpoint (Ray Train's FailureConfig); one more fails the run, which `--resume` continues.
+WORKER_FAILURES = 3
 
 
 def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None = None,
@@ -81,7 +84,8 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
             resources_per_worker={"CPU": _cpus_per_worker(config)}),
         run_config=ray.train.RunConfig(
             name=config.run, storage_path=f"{folder}/ray",
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=WORKER_FAILURES)),
         datasets={"train": dataset})
     started = time.monotonic()
     with _ProgressPrinter(f"{folder}/{LOSS_LOG}"):
