@@ -12,11 +12,16 @@ import psutil
 
 
 class PeakRss:
-    """Keeps the peak summed RSS of this process and, with `include_ray`, every Ray process."""
+    """Keeps the peak summed RSS of this process and, with `include_ray`, every Ray process.
 
-    def __init__(self, include_ray: bool = False, every_s: float = 0.2):
+    `own_only` (with `include_ray`): only the processes descended from this one, i.e. the local
+    Ray this process started (GCS, raylet, workers), not another user's Ray on a shared machine.
+    """
+
+    def __init__(self, include_ray: bool = False, every_s: float = 0.2, own_only: bool = False):
         self.peak_bytes = 0
         self._include_ray = include_ray
+        self._own_only = own_only
         self._every = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -24,6 +29,8 @@ class PeakRss:
     def _rss(self) -> int:
         if not self._include_ray:
             return psutil.Process().memory_info().rss
+        if self._own_only:
+            return own_rss()
         total = 0
         for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
             cmdline = " ".join(process.info["cmdline"] or [])
@@ -43,3 +50,15 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def own_rss() -> int:
+    """Summed RSS of this process and its descendants, now (one that ends while read counts 0)."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
