@@ -10,14 +10,16 @@ import ray
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); without one, start a local Ray.
+    """Join the cluster at `address` (or RAY_ADDRESS); without one, start a local Ray for this
+    job ("local": never the cluster a `ray start` on this machine last recorded, which Ray's own
+    default would join, or hang on when it is gone). `auto` joins that one on purpose.
 
     Ray Data's own progress bars are turned off: jobs show one bar in the units a user counts
     (files, images), not one per internal operator.
     """
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        local = {} if address else {"include_dashboard": False}
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        local = {"include_dashboard": False} if address == "local" else {}
         with warnings.catch_warnings():  # Ray's processes are spawned, not forks of this one
             warnings.filterwarnings("ignore", message=".*fork")
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, **local)
