@@ -27,12 +27,14 @@ from fusc_lib.layout import (
     REPORTS,
     SSL_RUNS,
 )
+from fusc_lib.table_upkeep import Upkeep, maintain, unindexed_rows
 from schemas.tables import (
     ASSIGNMENTS,
     EMBEDDING_KEY,
     EMBEDDINGS_PREFIX,
     LEGACY_EMBEDDINGS,
     NEIGHBORS,
+    ROW_KEYS,
     SCANS,
     SCHEMAS,
     SITES,
@@ -71,9 +73,43 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _add(table: lancedb.table.Table, rows: pa.Table) -> None:
-    """Append rows cast to the table's schema (so a batch cannot change a column's type)."""
-    table.add(rows.select(table.schema.names).cast(table.schema))
+def _add(table: lancedb.table.Table, rows: pa.Table, key: tuple[str, ...] = ()) -> int:
+    """Append rows cast to the table's schema (so a batch cannot change a column's type), less
+    those whose `key` (`ROW_KEYS`) the table holds already; returns how many were appended.
+
+    A commit repeated after a crash therefore adds nothing. Not LanceDB's `merge_insert`: per
+    1,000-row commit on a 1M-row table it cost 21-67x an `add` without an index on the key,
+    uses one only when every key column has one, and reads every column of the fragments the
+    index does not cover yet (embeddings, 8 such commits: 20x an add). Here only the key
+    columns are read, through the key's BTREE where there is one (`maintain` builds it): 2-4x
+    an add (bench/lancedb_scale.py, part 1). Look-up and add are two steps, which is safe with
+    one writer per table, as every job has.
+    """
+    rows = rows.select(table.schema.names).cast(table.schema)
+    if key and rows.num_rows:
+        rows = _not_in_table(table, rows, key)
+    if rows.num_rows:
+        table.add(rows)
+    return rows.num_rows
+
+
+def _not_in_table(table: lancedb.table.Table, rows: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """The rows whose `key` columns match no row of `table`, in their order."""
+    found = table.to_lance().to_table(columns=list(key),
+                                      filter=pc.field(key[0]).isin(pc.unique(rows[key[0]])))
+    if not found.num_rows:
+        return rows
+    numbered = rows.select(list(key)).append_column("_row", pa.array(range(rows.num_rows),
+                                                                      pa.int64()))
+    kept = numbered.join(found, keys=list(key), join_type="left anti").column("_row")
+    return rows.take(kept.sort())
+
+
+def _row_key(name: str) -> tuple[str, ...]:
+    """The key columns of table `name` (`ROW_KEYS`), () for a table without one."""
+    if name.startswith(EMBEDDINGS_PREFIX):
+        return ROW_KEYS[EMBEDDINGS_PREFIX]
+    return ROW_KEYS.get(name, ())
 
 
 class Workdir:
@@ -116,11 +152,18 @@ class Workdir:
         return self.table(name).uri
 
     def indexed_uri(self, name: str) -> str:
-        """The URI of a table with a BTREE index on `image_id`, so that workers can look rows
-        up by id (`rows_by_id`) without scanning it."""
+        """The URI of a table with a BTREE index on `image_id` that covers every row, so that
+        workers can look rows up by id (`rows_by_id`) without scanning it. Builds the index, or
+        folds rows appended since into it, only where needed: a table already so indexed keeps
+        its version."""
         table = self.table(name)
-        if not any(index.columns == ["image_id"] for index in table.list_indices()):
-            table.create_scalar_index("image_id")
+        dataset = table.to_lance()
+        index = next((i for i in dataset.describe_indices() if i.field_names == ["image_id"]),
+                     None)
+        if index is None:
+            dataset.create_scalar_index("image_id", index_type="BTREE")
+        elif unindexed_rows(dataset, index):
+            dataset.optimize.optimize_indices(index_names=[index.name])
         return table.uri
 
     def read(self, name: str, columns: list[str] | None = None,
@@ -153,10 +196,17 @@ class Workdir:
         """The rows `fusc assign` wrote for cluster model `version`."""
         return self.read(ASSIGNMENTS, columns, pc.field("model_version") == version)
 
-    def append(self, name: str, rows: pa.Table) -> None:
-        """Append rows to a table of `schemas/` (see `_add`)."""
-        if rows.num_rows:
-            _add(self.table(name), rows)
+    def append(self, name: str, rows: pa.Table) -> int:
+        """Append rows to a table of `schemas/` in one commit, less those whose key (`ROW_KEYS`)
+        it holds already (see `_add`), then keep it compact and indexed (`maintain`). Returns
+        the number of rows appended. Columns are cast to the table's schema; a missing column
+        raises KeyError, a value that does not cast pyarrow's ArrowInvalid."""
+        if not rows.num_rows:
+            return 0
+        appended = _add(self.table(name), rows, _row_key(name))
+        if appended:
+            self.maintain(name)
+        return appended
 
     def overwrite(self, name: str, rows: pa.Table) -> None:
         """Replace a table's content in one commit (stages that rewrite their whole output)."""
@@ -197,10 +247,22 @@ class Workdir:
         fixed-size list column."""
         return self.embeddings_table(key).to_lance().to_table(columns=columns, filter=filter)
 
-    def append_embeddings(self, key: str, rows: pa.Table) -> None:
-        """Append vectors of `key` (rows of `embeddings_schema`), its table made at their width."""
-        if rows.num_rows:
-            _add(self.embeddings_table(key, rows.schema.field("vector").type.list_size), rows)
+    def append_embeddings(self, key: str, rows: pa.Table) -> int:
+        """Append vectors of `key` (rows of `embeddings_schema`: `vector` a fixed-size list of
+        float32), its table made at their width, less those of an image_id it holds already;
+        then `maintain` it. Returns the number of rows appended."""
+        if not rows.num_rows:
+            return 0
+        table = self.embeddings_table(key, rows.schema.field("vector").type.list_size)
+        appended = _add(table, rows, _row_key(table.name))
+        if appended:
+            self.maintain(table.name)
+        return appended
+
+    def maintain(self, name: str) -> Upkeep:
+        """Keep table `name` (of `schemas/`, or `embeddings_table_name(key)`) compact and indexed
+        however many small commits built it (`table_upkeep.maintain`). Every append calls it."""
+        return maintain(self.db.open_table(name).to_lance(), _row_key(name))
 
     def _migrate_embeddings(self) -> None:
         """Split the single `embeddings` table of an older workdir by its `model_run` column

@@ -128,3 +128,12 @@ def embeddings_schema(dim: int, key: str) -> pa.Schema:
 SCHEMAS = {SCANS: SCANS_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA, DUPLICATES: DUPLICATES_SCHEMA,
            SITES: SITES_SCHEMA, NEIGHBORS: NEIGHBORS_SCHEMA, ASSIGNMENTS: ASSIGNMENTS_SCHEMA,
            REVIEW: REVIEW_SCHEMA}
+
+# The columns naming a row of each keyed table: `fusc_lib.store.Workdir.append` appends only
+# rows whose key is not in the table yet, so a commit repeated after a crash adds nothing.
+# EMBEDDINGS_PREFIX stands for every embeddings table. Not keyed: sites (rewritten whole),
+# review (each save makes new decision ids), quarantine (`frame` is null for a whole-file
+# failure, and null never equals null in a join).
+ROW_KEYS = {SCANS: ("image_id",), DUPLICATES: ("source_uri", "frame"),
+            EMBEDDINGS_PREFIX: ("image_id",), NEIGHBORS: ("image_id", "embedding_key"),
+            ASSIGNMENTS: ("image_id", "model_version")}
