@@ -244,7 +244,7 @@ def test_serve_answers_from_the_workdir_in_the_bucket(cluster_run, cluster, data
         service.wait(timeout=120)
 
 
-def _wait_until_healthy(url: str, service: subprocess.Popen, timeout_s: float = 240) -> None:
+def _wait_until_healthy(url: str, service: subprocess.Popen, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.poll() is not None:
