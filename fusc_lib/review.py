@@ -226,8 +226,11 @@ def _members(assigned: dict[str, int]) -> dict[int, set[str]]:
 
 
 def _best_match(scans: set[str], clusters: dict[int, set[str]]) -> tuple[int | None, float]:
-    """The cluster sharing most of `scans`, and its Jaccard overlap with them."""
+    """The cluster sharing most of `scans` (None when several share as many: a cluster split
+    evenly is not carried, whatever order the clusters come in), and its Jaccard overlap."""
     if not scans:
         return None, 0.0
-    best = max(clusters, key=lambda c: len(scans & clusters[c]))
-    return best, len(scans & clusters[best]) / len(scans | clusters[best])
+    shared = {c: len(scans & members) for c, members in clusters.items()}
+    tied = sorted(c for c, n in shared.items() if n == max(shared.values()))
+    overlap = shared[tied[0]] / len(scans | clusters[tied[0]])
+    return (tied[0] if len(tied) == 1 else None), overlap
