@@ -231,6 +231,7 @@ def _best_match(scans: set[str], clusters: dict[int, set[str]]) -> tuple[int | N
     if not scans:
         return None, 0.0
     shared = {c: len(scans & members) for c, members in clusters.items()}
-    tied = sorted(c for c, n in shared.items() if n == max(shared.values()))
+    most = max(shared.values())
+    tied = sorted(c for c, n in shared.items() if n == most)
     overlap = shared[tied[0]] / len(scans | clusters[tied[0]])
     return (tied[0] if len(tied) == 1 else None), overlap

@@ -201,12 +201,7 @@ class Workdir:
         it holds already (see `_add`), then keep it compact and indexed (`maintain`). Returns
         the number of rows appended. Columns are cast to the table's schema; a missing column
         raises KeyError, a value that does not cast pyarrow's ArrowInvalid."""
-        if not rows.num_rows:
-            return 0
-        appended = _add(self.table(name), rows, _row_key(name))
-        if appended:
-            self.maintain(name)
-        return appended
+        return self._append_to(self.table(name), rows) if rows.num_rows else 0
 
     def overwrite(self, name: str, rows: pa.Table) -> None:
         """Replace a table's content in one commit (stages that rewrite their whole output)."""
@@ -253,7 +248,11 @@ class Workdir:
         then `maintain` it. Returns the number of rows appended."""
         if not rows.num_rows:
             return 0
-        table = self.embeddings_table(key, rows.schema.field("vector").type.list_size)
+        width = rows.schema.field("vector").type.list_size
+        return self._append_to(self.embeddings_table(key, width), rows)
+
+    def _append_to(self, table: lancedb.table.Table, rows: pa.Table) -> int:
+        """The keyed append (`_add`) of a non-empty batch, then the table's upkeep."""
         appended = _add(table, rows, _row_key(table.name))
         if appended:
             self.maintain(table.name)

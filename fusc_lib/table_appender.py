@@ -16,10 +16,9 @@ import pyarrow as pa
 
 class TableAppender:
     """Buffers rows for one table; `flush` commits them as one LanceDB append (`append`, e.g.
-    `partial(workdir.append, ASSIGNMENTS)`, which returns the rows it appended, or None for
-    all of them)."""
+    `partial(workdir.append, ASSIGNMENTS)`, which returns the rows it appended)."""
 
-    def __init__(self, append: Callable[[pa.Table], int | None], commit_rows: int):
+    def __init__(self, append: Callable[[pa.Table], int], commit_rows: int):
         self.append = append
         self.commit_rows = commit_rows
         self.committed = 0  # rows appended by the commits so far
@@ -39,6 +38,5 @@ class TableAppender:
         """Commit the buffered rows, if any, in one append; the buffer is emptied either way
         except when the append raises (the rows stay buffered for a retry)."""
         if self._pending:
-            appended = self.append(pa.concat_tables(self._pending))
-            self.committed += self._pending_rows if appended is None else appended
+            self.committed += self.append(pa.concat_tables(self._pending))
         self._pending, self._pending_rows = [], 0
