@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusc_lib.config import ClusterConfig, SelfLabelConfig, default_of
+from fusc_lib.config import ClusterConfig, NetworkOptions, SelfLabelConfig, default_of
 from fusc_lib.losses import class_balance_weights, confident_targets, fusc_loss, spread
 from fusc_lib.models.cluster_head import MultiHead, best_head
 
@@ -105,11 +105,13 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
                         lr: float = default_of(ClusterConfig, "lr"), weight_decay: float = 1e-4,
                         start: str = default_of(ClusterConfig, "start"),
                         sizes: str = default_of(ClusterConfig, "sizes"),
+                        samples: int | None = default_of(NetworkOptions, "samples"),
                         seed: int = 0) -> TrainedHead:
     """Train `n_heads` linear heads with Adam on the FUSC loss and keep the lowest-loss one.
 
     Every epoch pairs each anchor with one of its k neighbours drawn at random (SCAN's
-    neighbour dataset), so over the epochs every neighbour pulls on it. `start`: "random"
+    neighbour dataset), so over the epochs every neighbour pulls on it; past the budget of
+    `samples` anchors an epoch is a fresh random sample of them (`anchors_per_epoch`). `start`: "random"
     (SCAN's) or "kmeans": head h starts at the prototypes of a spherical k-means of seed
     `seed + h` (`kmeans_prototypes`), so the loss refines what k-means found. `sizes`: the
     cluster shares the entropy term pulls towards (`losses.spread`): "uniform" (SCAN's) or
@@ -125,20 +127,29 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
         model.start_from(prototypes, PROTOTYPE_TEMPERATURE)
     priors = [_shares(x, p) for p in prototypes] if sizes == "kmeans" else [None] * n_heads
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    epoch_losses = [_train_epoch(model, optimizer, x, neighbors, batch_size, entropy_weight,
-                                 priors, generator) for _ in range(epochs)]
+    per_epoch = anchors_per_epoch(len(x), epochs, samples, batch_size)
+    epoch_losses = [_train_epoch(model, optimizer, x, neighbors, per_epoch, batch_size,
+                                 entropy_weight, priors, generator) for _ in range(epochs)]
     losses = [head_loss(F.softmax(logits, dim=1), neighbors, entropy_weight, prior)
               for logits, prior in zip(_eval(model, x), priors)]
     kept = best_head([loss.total for loss in losses])
     head = model.heads[kept]
     config = {"n_heads": n_heads, "entropy_weight": entropy_weight, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "start": start,
-              "sizes": sizes, "seed": seed, "k": neighbors.shape[1],
+              "sizes": sizes, "samples": samples, "anchors_per_epoch": per_epoch,
+              "seed": seed, "k": neighbors.shape[1],
               "prior": None if priors[kept] is None else priors[kept].tolist()}
     return TrainedHead(weight=head.weight.detach().clone(), bias=head.bias.detach().clone(),
                          probabilities=F.softmax(_eval(model, x)[kept], dim=1), head_index=kept,
                          head_losses=losses, config=config,
                          history=[losses_of_heads[kept] for losses_of_heads in epoch_losses])
+
+
+def anchors_per_epoch(n: int, epochs: int, samples: int | None, batch_size: int) -> int:
+    """Scans an epoch of a head's training draws: all `n`, or where `epochs` passes would
+    exceed the budget of `samples` scans seen, a fresh random `samples / epochs` of them (at
+    least one batch), so training costs at most ~`samples` whatever the archive's size."""
+    return n if samples is None else min(n, max(batch_size, samples // epochs))
 
 
 def _shares(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -159,14 +170,15 @@ def kmeans_prototypes(vectors: np.ndarray, n_clusters: int, seed: int) -> np.nda
 
 
 def _train_epoch(model: MultiHead, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                 neighbors: torch.Tensor, batch_size: int, entropy_weight: float,
+                 neighbors: torch.Tensor, anchors: int, batch_size: int, entropy_weight: float,
                  priors: list[torch.Tensor | None], generator: torch.Generator) -> list[float]:
-    """One pass; heads are summed into one loss, as in SCAN. Full batches only (the entropy of
-    a batch mean over a handful of samples is noise), unless the data is smaller than one.
-    Returns each head's mean batch loss."""
+    """One epoch over `anchors` scans drawn at random (all of them: a pass); heads are summed
+    into one loss, as in SCAN. Full batches only (the entropy of a batch mean over a handful of
+    samples is noise), unless the data is smaller than one. Returns each head's mean batch
+    loss."""
     n, k = neighbors.shape
     partner = neighbors[torch.arange(n), torch.randint(k, (n,), generator=generator)]
-    batches = _batches(torch.randperm(n, generator=generator), batch_size)
+    batches = _batches(torch.randperm(n, generator=generator)[:anchors], batch_size)
     totals = torch.zeros(len(model.heads))
     for batch in batches:
         anchor_logits, neighbor_logits = model(x[batch]), model(x[partner[batch]])
@@ -237,11 +249,13 @@ def self_label(vectors: np.ndarray, start: TrainedHead, neighbor_indices: np.nda
                epochs: int = default_of(SelfLabelConfig, "epochs"),
                batch_size: int = default_of(SelfLabelConfig, "batch_size"),
                lr: float = default_of(SelfLabelConfig, "lr"), weight_decay: float = 1e-4,
+               samples: int | None = default_of(NetworkOptions, "samples"),
                noise: float = 0.3, dropout: float = 0.1, min_per_cluster: int = 5,
                loss_tolerance: float = 0.05, min_stability: float = 0.9, seed: int = 0) -> SelfLabelOutcome:
     """Fine-tune the kept head with cross-entropy towards its own confident predictions.
 
-    The confident set is recomputed every epoch, so it grows as the head sharpens. A cluster
+    The confident set is recomputed every epoch, so it grows as the head sharpens; an epoch
+    trains on all of it, or on a random sample within the budget (`anchors_per_epoch`). A cluster
     with samples but none confident lends its `min_per_cluster` most probable members as
     targets, so it is not emptied just for being unsure. The result is kept only if the
     FUSC loss, the smallest cluster, the confident set and the first confident labels did
@@ -260,13 +274,16 @@ def self_label(vectors: np.ndarray, start: TrainedHead, neighbor_indices: np.nda
                                                  min_per_cluster)
         weights = class_balance_weights(labels[labelled], start.n_clusters)
         order = labelled.nonzero().flatten()
-        batches = _batches(order[torch.randperm(len(order), generator=generator)], batch_size)
+        drawn = anchors_per_epoch(len(order), epochs, samples, batch_size)
+        batches = _batches(order[torch.randperm(len(order), generator=generator)[:drawn]],
+                           batch_size)
         history.append(sum(_self_label_step(head, optimizer, _perturb(x[b], noise, dropout,
                                                                       generator),
                                             labels[b], weights) for b in batches) / len(batches))
     with torch.no_grad():
         probabilities = F.softmax(head(x), dim=1)
-    settings = {"threshold": threshold, "epochs": epochs, "lr": lr, "noise": noise,
+    settings = {"threshold": threshold, "epochs": epochs, "samples": samples, "lr": lr,
+                "noise": noise,
                 "dropout": dropout, "seed": seed}
     return judge_self_label(start, head.weight.detach().clone(), head.bias.detach().clone(),
                             probabilities, neighbor_indices, settings, threshold=threshold,

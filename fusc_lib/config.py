@@ -148,13 +148,28 @@ class NeighborsConfig(BaseModel):
 
 # ------------------------------------------------------------------ cluster, self-label
 
+# Training budget of the SSL stage in images seen (`SSLConfig.images`, and the network modes of
+# cluster and self-label): ~10 minutes on 2 cores with the quick profile, whatever the archive.
+SSL_IMAGES = 6000
+
+
 class NetworkOptions(BaseModel):
-    """What the stages that can also train the full network share."""
+    """What the cluster and self-label stages share: their training budget, and their network
+    mode's options."""
+
+    samples: int | None = Field(
+        2_000_000, ge=1,
+        description="Frozen mode: training budget in scans seen, summed over the epochs; each "
+                    "epoch draws a fresh random min(N, samples / epochs) of them, so the heads "
+                    "cost the same on 20,000 or 10 million scans (all of them are still "
+                    "assigned). None: every epoch is a full pass.")
 
     mode: Mode = Field("frozen", description="frozen: on the stored embeddings (fast, CPU); "
                        "network: the backbone trains too, on augmented images (Ray Train, the "
                        "paper's mode).")
-    network_epochs: int = Field(10, ge=1, description="Network mode: epochs.")
+    network_epochs: int = Field(10, ge=1, description="Network mode: most epochs.")
+    network_images: int | None = Field(SSL_IMAGES, ge=1, description="Network mode: training "
+                                       "budget in images seen (as `fusc train-ssl --images`).")
     network_lr: float = Field(1e-4, gt=0, description="Network mode: AdamW step (SCAN's).")
     network_batch_size: int = Field(64, ge=2, description="Network mode: global batch.")
     workers: int = Field(1, ge=1, description="Network mode: Ray Train workers.")
@@ -229,7 +244,7 @@ class SSLConfig(BaseModel):
     epochs: int = Field(30, ge=1, description="Most passes over the archive (what bounds a "
                         "small archive's training).")
     images: int | None = Field(
-        6000, ge=1,
+        SSL_IMAGES, ge=1,
         description="Training budget in images seen (each as its pair of views), drawn at "
                     "random from the whole archive: what bounds a large archive's training, "
                     "so 10,000 or 10 million scans cost the same (each is still embedded). "

@@ -51,7 +51,7 @@ def run_cluster(workdir: Workdir, config: ClusterConfig) -> ClusterSummary:
                                  n_heads=config.heads, entropy_weight=config.entropy_weight,
                                  epochs=config.epochs, batch_size=config.batch_size,
                                  lr=config.lr, start=config.start, sizes=config.sizes,
-                                 seed=config.seed)
+                                 samples=config.samples, seed=config.seed)
     sizes = np.bincount(result.assignments, minlength=config.clusters).tolist()
     model = ClusterModel(version=new_version(config.clusters), embedding=config.embedding,
                          centering=space.centering, site_model=load_site_model(workdir),

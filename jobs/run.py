@@ -291,7 +291,8 @@ def _cluster_network(workdir: Workdir, config: ClusterConfig) -> SSLConfig:
     backbone, init, size = backbone_of(workdir, model)
     run = f"{model.replace(':', '-').replace('@', '-')}-fusc{config.clusters}"
     return SSLConfig(profile="fusc-network", run_name=run, method="fusc", backbone=backbone, init=init,
-                     image_size=size, epochs=config.network_epochs, lr=config.network_lr,
+                     image_size=size, epochs=config.network_epochs,
+                     images=config.network_images, lr=config.network_lr,
                      batch_size=config.network_batch_size, strength=0.5,
                      fusc_clusters=config.clusters, fusc_heads=config.heads,
                      entropy_weight=config.entropy_weight, neighbors_of=config.embedding,
@@ -325,6 +326,7 @@ def _self_label_network(workdir: Workdir, config: SelfLabelConfig,
     run = f"selflabel-{start.version}"
     return SSLConfig(profile="selflabel-network", run_name=run, method="selflabel",
                      backbone=backbone, init=init, image_size=size, epochs=config.network_epochs,
+                     images=config.network_images,
                      lr=config.network_lr, batch_size=config.network_batch_size, strength=1.0,
                      selflabel_start=f"{workdir.ssl_run_dir(run)}/{SELF_LABEL_START}",
                      selflabel_threshold=config.threshold, workers=config.workers,

@@ -69,7 +69,7 @@ def run_self_label(workdir: Workdir, config: SelfLabelConfig,
         embedding, centering = start.embedding, space.centering
         outcome = self_label(space.vectors, start.head, neighbors, threshold=config.threshold,
                              epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                             seed=config.seed)
+                             samples=config.samples, seed=config.seed)
     if not outcome.accepted:  # the record of a rejected try is the input model, unchanged
         embedding, centering = start.embedding, space.centering
     sizes = np.bincount(outcome.result.assignments, minlength=start.n_clusters).tolist()

@@ -114,3 +114,30 @@ def test_a_cluster_without_confident_samples_is_not_emptied(four_blobs):
     assert (unsure.probabilities[unsure.assignments == cluster].max(1).values < 0.99).all()
     outcome = self_label(x, unsure, neighbors, epochs=10)
     assert (outcome.result.assignments == cluster).sum() > 0
+
+
+def _counting_steps(monkeypatch) -> list[int]:
+    """Counts Adam steps taken from now on (a spy: the real step still runs)."""
+    steps, step = [], torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1),
+                                                                         step(self, *a, **k))[1])
+    return steps
+
+
+def test_heads_and_self_label_train_within_their_budget_of_scans_seen(monkeypatch):
+    x, labels = blobs(n=2000)
+    neighbors, _ = mine_neighbors(x, 10)
+    steps = _counting_steps(monkeypatch)
+    # 10 epochs of 2,000 scans would be 200 steps of 100; a budget of 3,000 scans seen draws a
+    # fresh 300 per epoch: 3 steps each.
+    result = train_cluster_heads(x, neighbors, 4, n_heads=2, epochs=10, batch_size=100,
+                                 samples=3000, seed=0)
+    assert len(steps) == 30 and result.config["anchors_per_epoch"] == 300
+    assert hungarian_accuracy(labels, result.assignments) >= 0.95  # every scan assigned
+    assert len(result.assignments) == 2000
+    steps.clear()
+    outcome = self_label(x, result, neighbors, epochs=5, batch_size=100, samples=1000)
+    assert len(steps) == 5 * 2 and len(outcome.result.assignments) == 2000
+    steps.clear()
+    train_cluster_heads(x, neighbors, 4, n_heads=2, epochs=2, batch_size=100, samples=None)
+    assert len(steps) == 2 * 20  # no budget: full passes

@@ -14,7 +14,7 @@ from fusc_lib.config import EmbedConfig
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs.embed import embedding_rows, ensure_vector_index, run_embed
+from jobs.embed import embedding_rows, ensure_vector_index, is_pending, run_embed, sorted_ids
 from jobs.ingest import run_ingest
 from schemas.tables import LEGACY_EMBEDDINGS, embeddings_table_name
 
@@ -55,6 +55,14 @@ def test_one_unit_vector_per_scan_and_rerun_adds_nothing(scans_workdir, data_dir
     again = run_embed(store, config)
     assert (again.embedded, again.already_done) == (3, 12)
     assert len(set(_vectors(store, summary.embedding_key)[0])) == 15
+
+
+def test_pending_lookup_matches_whole_ids_of_any_length():
+    pending = sorted_ids(pa.array(["b2c4", "a1f0-f0003", "ffee"]))
+    batch = pa.chunked_array([["a1f0", "a1f0-f0003", "b2c4", "b2c4-f0001", "0000", "ffef"],
+                              ["ffee"]])
+    assert is_pending(batch, pending).tolist() == [False, True, True, False, False, False, True]
+    assert not is_pending(batch, sorted_ids(pa.array([], pa.string()))).any()
 
 
 def test_vector_index_is_built_only_when_the_table_is_large(scans_workdir):
