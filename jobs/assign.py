@@ -17,10 +17,10 @@ from time import monotonic
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from fusc_lib.cluster_model import ClusterModel, current_version
+from fusc_lib.id_sets import contains, sorted_ids
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.sites import site_of_new_scan
@@ -55,9 +55,7 @@ class _AssignActor:
         self.scans_uri = scans_uri
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if len(self.done):
-            batch = batch.filter(pc.invert(pc.is_in(batch.column("image_id"),
-                                                    value_set=self.done)))
+        batch = batch.filter(pa.array(~contains(self.done, batch.column("image_id"))))
         ids = batch.column("image_id").to_pylist()
         vectors = np.asarray(batch.column("vector").combine_chunks().flatten(),
                              dtype=np.float32).reshape(len(ids), -1)
@@ -116,7 +114,7 @@ def _stream_assignments(workdir: Workdir, model: ClusterModel, done: pa.Array,
                .map_batches(_AssignActor, batch_size=4096, batch_format="pyarrow",
                             fn_constructor_kwargs={"workdir_root": workdir.root,
                                                    "version": model.version,
-                                                   "done_ref": ray.put(done),
+                                                   "done_ref": ray.put(sorted_ids(done)),
                                                    "sites_ref": ray.put(site_of),
                                                    "scans_uri": workdir.indexed_uri(SCANS)},
                             num_cpus=1, compute=ray.data.ActorPoolStrategy(

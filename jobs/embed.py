@@ -19,6 +19,7 @@ import ray
 import torch
 
 from fusc_lib.config import EmbedConfig
+from fusc_lib.id_sets import contains, sorted_ids
 from fusc_lib.models.encoder import (
     PRETRAINED_PREFIX,
     adopt_run,
@@ -75,7 +76,7 @@ class _EmbedActor:
         self.pending = ray.get(pending_ref)  # zero-copy: one copy per node, in the object store
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = batch.filter(pa.array(is_pending(batch.column("image_id"), self.pending)))
+        batch = batch.filter(pa.array(contains(self.pending, batch.column("image_id"))))
         if not batch.num_rows:
             return embedding_rows(batch.column("image_id"), self.key,
                                   np.zeros((0, self.encoder.dim), np.float32))
@@ -83,23 +84,6 @@ class _EmbedActor:
         vectors = self.encoder.embed(images, batch.column("image_id").to_pylist(), self.views,
                                      self.device)
         return embedding_rows(batch.column("image_id"), self.key, vectors)
-
-
-def sorted_ids(image_ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(N,) the ids as a sorted numpy bytes array, for `is_pending`: ~N x the longest id in
-    bytes, shared zero-copy by every actor of a node through Ray's object store."""
-    return np.sort(np.asarray(pa.chunked_array([image_ids]).to_pylist(), dtype=np.bytes_))
-
-
-def is_pending(image_ids: pa.ChunkedArray | pa.Array, pending: np.ndarray) -> np.ndarray:
-    """(B,) bool: which of a batch's ids are in the sorted `pending` (`sorted_ids`). A binary
-    search, O(B log N) per batch: a hash set built per batch (pyarrow's `is_in`) costs O(N)
-    each, O(N^2 / B) over a run of 10 million scans."""
-    ids = np.asarray(pa.chunked_array([image_ids]).to_pylist(), dtype=np.bytes_)
-    if not len(pending) or not len(ids):
-        return np.zeros(len(ids), bool)
-    found = pending[np.minimum(np.searchsorted(pending, ids), len(pending) - 1)]
-    return found == ids
 
 
 def embedding_rows(image_ids: pa.ChunkedArray, key: str, vectors: np.ndarray) -> pa.Table:

@@ -11,10 +11,11 @@ import pytest
 
 from fusc_lib.clustering_space import clustering_space, latest_embedding, load_embeddings
 from fusc_lib.config import EmbedConfig
+from fusc_lib.id_sets import contains, sorted_ids
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
-from jobs.embed import embedding_rows, ensure_vector_index, is_pending, run_embed, sorted_ids
+from jobs.embed import embedding_rows, ensure_vector_index, run_embed
 from jobs.ingest import run_ingest
 from schemas.tables import LEGACY_EMBEDDINGS, embeddings_table_name
 
@@ -61,8 +62,8 @@ def test_pending_lookup_matches_whole_ids_of_any_length():
     pending = sorted_ids(pa.array(["b2c4", "a1f0-f0003", "ffee"]))
     batch = pa.chunked_array([["a1f0", "a1f0-f0003", "b2c4", "b2c4-f0001", "0000", "ffef"],
                               ["ffee"]])
-    assert is_pending(batch, pending).tolist() == [False, True, True, False, False, False, True]
-    assert not is_pending(batch, sorted_ids(pa.array([], pa.string()))).any()
+    assert contains(pending, batch).tolist() == [False, True, True, False, False, False, True]
+    assert not contains(sorted_ids(pa.array([], pa.string())), batch).any()
 
 
 def test_vector_index_is_built_only_when_the_table_is_large(scans_workdir):

@@ -10,21 +10,26 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+import pyarrow.compute as pc
 import pytest
 import torch
 
 from fusc_lib.cluster_model import ClusterModel, current_version
-from fusc_lib.config import ClusterConfig, RunConfig, SelfLabelConfig, SSLConfig
+from fusc_lib.config import ClusterConfig, EmbedConfig, RunConfig, SelfLabelConfig, SSLConfig
 from fusc_lib.export import COLUMNS, export_table, write_export
 from fusc_lib.ledger import StageLedger
+from fusc_lib.models.encoder import embedding_key, pretrained_model
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.assign import run_assign
 from jobs.cluster import run_cluster
+from jobs.embed import run_embed
 from jobs.run import CLUSTER_OUTPUT, assign_flow, run_all
 from schemas.tables import ASSIGNMENTS, NEIGHBORS, SCANS, SITES
 
@@ -317,6 +322,74 @@ def test_assign_embeds_and_places_scans_ingested_after_the_model(finished, tmp_p
     assert summary.embedded == 2 and summary.assigned == 2 and sum(summary.sizes) == scans
     vectors = store.embeddings_table(model.embedding).count_rows()
     assert vectors == scans
+
+
+class ActorKiller(threading.Thread):
+    """SIGKILLs the worker process of the first Ray actor of `actor_class` in this process's own
+    local Ray (a descendant process titled `ray::<class>`) once `ready()`, as a node's OOM
+    killer or a crashed library would; `killed` is set once it has."""
+
+    def __init__(self, actor_class: str, ready=lambda: True):
+        super().__init__(daemon=True)
+        self.title, self.ready = f"ray::{actor_class}", ready
+        self.killed = self.done = False
+
+    def run(self) -> None:
+        while not (self.done or self.killed):
+            actors = [p for p in psutil.Process().children(recursive=True)
+                      if " ".join(_cmdline(p)).startswith(self.title)]
+            if actors and self.ready():
+                actors[0].kill()
+                self.killed = True
+            time.sleep(0.05)
+
+    def __enter__(self) -> ActorKiller:
+        self.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.done = True
+        self.join()
+
+
+def test_embed_and_assign_workers_killed_mid_job_lose_and_repeat_no_scan(finished, tmp_path):
+    """SIGKILL the embed actor once its first vectors are committed, and the assign actor as
+    it starts: Ray restarts them and retries their tasks; every scan ends with one vector and
+    one assignment (the keyed commits drop what a retried task sends twice)."""
+    store = Workdir(str(shutil.copytree(finished[0].root, tmp_path / "w")))
+    scans = sorted(store.column(SCANS, "image_id").to_pylist())
+    config = EmbedConfig(embedding=PRETRAINED, input_size=64, views=48, batch_size=1,
+                         commit_rows=1, concurrency=1)
+    key = embedding_key(pretrained_model("efficientnet_lite0", 64), 48)
+
+    def some_committed() -> bool:
+        return store.has_embeddings(key) and 0 < store.embeddings_table(key).count_rows() < 8
+
+    with ActorKiller("MapWorker(MapBatches(_EmbedActor))", some_committed) as killer:
+        summary = run_embed(store, config)
+    assert killer.killed and summary.embedding_key == key
+    assert sorted(store.embeddings(key, ["image_id"]).column("image_id").to_pylist()) == scans
+
+    model = ClusterModel.load(store)
+    stored = _assignments_of(store, model.version)
+    store.db.drop_table(ASSIGNMENTS)
+    with ActorKiller("MapWorker(MapBatches(_AssignActor))") as killer:
+        run_assign(store, model.version)
+    again = _assignments_of(store, model.version)
+    assert killer.killed and again["image_id"].to_pylist() == scans
+    assert again["cluster_id"].to_pylist() == stored["cluster_id"].to_pylist()
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # ended meanwhile
+        return []
+
+
+def _assignments_of(store: Workdir, version: str):
+    rows = store.table(ASSIGNMENTS).to_arrow()
+    return rows.filter(pc.equal(rows["model_version"], version)).sort_by("image_id")
 
 
 def test_clusters_are_checked_against_the_scans_before_the_work(tmp_path, data_dir, ray_session):
