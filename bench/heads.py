@@ -3,8 +3,10 @@
 What the cluster stage alone buys, with the embeddings fixed: k-means (the paper's baseline) on
 the embeddings as stored and on the site-centred space the heads train on, beside the heads with
 SCAN's random start, the heads started from k-means prototypes (the default), those + frozen
-self-labeling (what `fusc run` keeps), and the heads with the k-means size prior. Labels only
-score. Seconds per K on a few hundred scans.
+self-labeling (what `fusc run` keeps), the heads with the k-means size prior, and heads trained
+at 3 x K merged to K without labels (average linkage of the cluster means; greedy merging of the
+two clusters that share the most kNN edges). Labels only score. Seconds per K on a few hundred
+scans.
 
     .venv/bin/python -m bench.heads --workdir W --labels ../shared/data/fetal-planes-db-large/labels.csv \
         --clusters 15 6 4 --seeds 0 1 2
@@ -16,6 +18,7 @@ import argparse
 from collections.abc import Callable
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
 
 from fusc_lib.clustering import self_label, train_cluster_heads
 from fusc_lib.clustering_space import clustering_space, latest_embedding, load_neighbors
@@ -25,6 +28,34 @@ from fusc_lib.metrics import kmeans_clusters
 from fusc_lib.store import Workdir
 
 COLUMNS = ("purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")
+
+
+def merged_by_linkage(x: np.ndarray, assignments: np.ndarray, k: int) -> np.ndarray:
+    """Each scan's cluster after merging the clusters of `assignments` to `k` by average
+    linkage (cosine) of their unit mean vectors."""
+    means = np.stack([x[assignments == c].mean(axis=0) for c in np.unique(assignments)])
+    groups = fcluster(linkage(means, method="average", metric="cosine"), k, "maxclust") - 1
+    return groups[np.searchsorted(np.unique(assignments), assignments)]
+
+
+def merged_by_neighbors(assignments: np.ndarray, neighbors: np.ndarray, k: int) -> np.ndarray:
+    """Each scan's cluster after greedily merging the two groups with the most kNN edges
+    between them (normalised by the geometric mean of their edge counts) until `k` remain."""
+    clusters = np.unique(assignments, return_inverse=True)[1]
+    edges = np.zeros((clusters.max() + 1,) * 2)
+    np.add.at(edges, (np.repeat(clusters, neighbors.shape[1]), clusters[neighbors.ravel()]), 1)
+    edges += edges.T
+    groups = [[c] for c in range(len(edges))]
+    while len(groups) > k:
+        def affinity(pair: tuple[int, int]) -> float:
+            a, b = groups[pair[0]], groups[pair[1]]
+            return edges[np.ix_(a, b)].sum() / np.sqrt(edges[a].sum() * edges[b].sum())
+        i, j = max(((i, j) for i in range(len(groups)) for j in range(i)), key=affinity)
+        groups[j] += groups.pop(i)
+    group_of = np.zeros(len(edges), int)
+    for index, members in enumerate(groups):
+        group_of[members] = index
+    return group_of[clusters]
 
 
 def variants(x: np.ndarray, raw: np.ndarray, neighbors: np.ndarray, k: int, seed: int
@@ -38,12 +69,18 @@ def variants(x: np.ndarray, raw: np.ndarray, neighbors: np.ndarray, k: int, seed
         start = train_cluster_heads(x, neighbors, k, seed=seed)
         return self_label(x, start, neighbors, seed=seed).result.assignments
 
+    def over_clustered() -> np.ndarray:
+        return train_cluster_heads(x, neighbors, 3 * k, seed=seed).assignments
+
     return {"k-means, embeddings as stored": lambda: kmeans_clusters(raw, k, seed),
             "k-means, site-centred": lambda: kmeans_clusters(x, k, seed),
             "heads, random start (SCAN)": lambda: heads("random"),
             "heads, k-means start (default)": lambda: heads("kmeans"),
             "  + self-label (fusc run)": heads_and_self_label,
-            "heads, k-means start, --sizes kmeans": lambda: heads("kmeans", "kmeans")}
+            "heads, k-means start, --sizes kmeans": lambda: heads("kmeans", "kmeans"),
+            "heads at 3K, merged by linkage": lambda: merged_by_linkage(x, over_clustered(), k),
+            "heads at 3K, merged by kNN edges":
+                lambda: merged_by_neighbors(over_clustered(), neighbors, k)}
 
 
 def main() -> None:
