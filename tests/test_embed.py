@@ -66,15 +66,15 @@ def test_pending_lookup_matches_whole_ids_of_any_length():
     assert not contains(sorted_ids(pa.array([], pa.string())), batch).any()
 
 
-def test_vector_index_is_built_only_when_the_table_is_large(scans_workdir):
-    store, _ = scans_workdir
-    key = run_embed(store, EmbedConfig(embedding=MODEL, input_size=64)).embedding_key
+def test_vector_index_is_built_only_when_the_table_is_large(tmp_path):
+    store, key = Workdir(str(tmp_path / "w")), MODEL
+    vectors = np.random.default_rng(0).standard_normal((276, 1280)).astype(np.float32)
+    ids = pa.chunked_array([[f"scan{i:03d}" for i in range(276)]])
+    store.append_embeddings(key, embedding_rows(ids[:12], key, vectors[:12]))
     assert not ensure_vector_index(store, key, min_rows=100_000)
-    # Over the threshold the IVF-PQ index is built (tiny sizes: one partition).
-    table = store.embeddings_table(key)
-    rows = table.to_arrow()
-    for _ in range(22):  # 12 x 23 = 276 rows: enough for PQ training
-        table.add(rows)
+    # Over the threshold the IVF-PQ index is built (tiny sizes: one partition); 276 rows are
+    # enough for PQ training.
+    store.append_embeddings(key, embedding_rows(ids[12:], key, vectors[12:]))
     assert ensure_vector_index(store, key, min_rows=256)
     assert any(index.columns == ["vector"] for index in store.embeddings_table(key).list_indices())
 
