@@ -26,7 +26,7 @@ from fusc_lib.progress import progress_bar
 from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir, rows_by_id, utc_now
 from fusc_lib.table_appender import TableAppender
-from jobs.ray_runtime import cluster_cpus, connect
+from jobs.ray_runtime import cluster_cpus, connect, read_for_actors
 from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS
 
 COMMIT_ROWS = 50_000
@@ -109,16 +109,16 @@ def run_assign(workdir: Workdir, version: str | None = None,
 def _stream_assignments(workdir: Workdir, model: ClusterModel, done: pa.Array,
                         pending: int) -> int:
     site_of = workdir.site_of()
-    dataset = (ray.data.read_lance(workdir.embeddings_table(model.embedding).uri,
-                                   columns=["image_id", "vector"], num_cpus=0)
+    actors = min(cluster_cpus(), max(1, pending // 100_000 + 1))
+    dataset = (read_for_actors(workdir.embeddings_table(model.embedding).uri,
+                               ["image_id", "vector"], actors)
                .map_batches(_AssignActor, batch_size=4096, batch_format="pyarrow",
                             fn_constructor_kwargs={"workdir_root": workdir.root,
                                                    "version": model.version,
                                                    "done_ref": ray.put(sorted_ids(done)),
                                                    "sites_ref": ray.put(site_of),
                                                    "scans_uri": workdir.indexed_uri(SCANS)},
-                            num_cpus=1, compute=ray.data.ActorPoolStrategy(
-                                size=min(cluster_cpus(), max(1, pending // 100_000 + 1)))))
+                            num_cpus=1, compute=ray.data.ActorPoolStrategy(size=actors)))
     sink = TableAppender(partial(workdir.append, ASSIGNMENTS), COMMIT_ROWS)
     with progress_bar("assign", total=pending, unit="scans") as advance:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -32,3 +32,13 @@ def connect(address: str | None) -> None:
 
 def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def read_for_actors(uri: str, columns: list[str], readers: int) -> ray.data.Dataset:
+    """The rows of the Lance table at `uri` as a Ray Dataset feeding a pool of actors that holds
+    every CPU. Reads take no CPU slot (with every CPU held by an actor they would never start),
+    so at most `readers` run at once: unbounded, every fragment is read at once into the object
+    store and memory grows with the table (40,000 rows of 25 KB in 40 fragments to 2 actors:
+    peak 5.75 GiB, against 1.97 GiB with 2 readers, and 2.9x slower)."""
+    return ray.data.read_lance(uri, columns=columns, num_cpus=0, concurrency=readers)
+
