@@ -145,7 +145,15 @@ class Workdir:
         return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
 
     def has_table(self, name: str) -> bool:
-        return name in self.db.list_tables().tables
+        """Whether table `name` exists with a committed version. The folder of a table whose
+        creation was killed before its first commit (listed, but with no version to open: a
+        `fusc run` killed in that instant) is dropped here, so its stage makes it again."""
+        if name not in self.db.list_tables().tables:
+            return False
+        if artifacts.file_names(f"{self.lancedb_uri}/{name}.lance/_versions"):
+            return True
+        self.db.drop_table(name)
+        return False
 
     def table_uri(self, name: str) -> str:
         """The Lance dataset URI of a table, for Ray Data's read_lance / write_lance."""

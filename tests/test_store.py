@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from functools import partial
 
@@ -135,6 +136,22 @@ def test_a_commit_repeated_after_a_crash_adds_no_row(tmp_path):
     assert store.append_embeddings("k", _vectors(["a", "b"])) == 2
     assert store.append_embeddings("k", _vectors(["b", "c"], seed=1)) == 1
     assert sorted(store.embeddings("k", ["image_id"])["image_id"].to_pylist()) == ["a", "b", "c"]
+
+
+def test_a_table_whose_creation_was_killed_is_made_again(tmp_path):
+    """A `fusc run` killed while LanceDB created a table leaves its folder with no committed
+    version: listed, but "not found" to open (a CI run met it in the neighbours stage). The
+    workdir drops the leftover and the stage writes the table as new."""
+    store = Workdir(str(tmp_path / "w"))
+    store.table(NEIGHBORS)
+    shutil.rmtree(tmp_path / "w" / "lancedb" / f"{NEIGHBORS}.lance" / "_versions")
+    again = Workdir(store.root)
+    assert NEIGHBORS in again.db.list_tables().tables and not again.has_table(NEIGHBORS)
+    again.delete_where(NEIGHBORS, "embedding_key", ["k"])  # what `fusc neighbors` does first
+    rows = pa.table({"image_id": ["a"], "embedding_key": ["k"], "neighbor_ids": [["b"]],
+                     "similarities": pa.array([[0.5]], pa.list_(pa.float32()))})
+    assert again.append(NEIGHBORS, rows) == 1 and again.has_table(NEIGHBORS)
+    assert store.has_table(SITES) is False  # never made: nothing to drop
 
 
 def test_many_small_commits_end_in_few_fragments_every_row_readable(tmp_path):
