@@ -111,8 +111,8 @@ def train_cluster_heads(vectors: np.ndarray, neighbor_indices: np.ndarray, n_clu
 
     Every epoch pairs each anchor with one of its k neighbours drawn at random (SCAN's
     neighbour dataset), so over the epochs every neighbour pulls on it; past the budget of
-    `samples` anchors an epoch is a fresh random sample of them (`anchors_per_epoch`). `start`: "random"
-    (SCAN's) or "kmeans": head h starts at the prototypes of a spherical k-means of seed
+    `samples` anchors an epoch is a fresh random sample of them (`anchors_per_epoch`).
+    `start`: "random" (SCAN's) or "kmeans": head h starts at the prototypes of a spherical k-means of seed
     `seed + h` (`kmeans_prototypes`), so the loss refines what k-means found. `sizes`: the
     cluster shares the entropy term pulls towards (`losses.spread`): "uniform" (SCAN's) or
     "kmeans", those of head h's k-means.
@@ -255,8 +255,8 @@ def self_label(vectors: np.ndarray, start: TrainedHead, neighbor_indices: np.nda
     """Fine-tune the kept head with cross-entropy towards its own confident predictions.
 
     The confident set is recomputed every epoch, so it grows as the head sharpens; an epoch
-    trains on all of it, or on a random sample within the budget (`anchors_per_epoch`). A cluster
-    with samples but none confident lends its `min_per_cluster` most probable members as
+    trains on all of it, or on a random sample within the budget (`anchors_per_epoch`). A
+    cluster with samples but none confident lends its `min_per_cluster` most probable members as
     targets, so it is not emptied just for being unsure. The result is kept only if the
     FUSC loss, the smallest cluster, the confident set and the first confident labels did
     not get worse.
@@ -283,8 +283,7 @@ def self_label(vectors: np.ndarray, start: TrainedHead, neighbor_indices: np.nda
     with torch.no_grad():
         probabilities = F.softmax(head(x), dim=1)
     settings = {"threshold": threshold, "epochs": epochs, "samples": samples, "lr": lr,
-                "noise": noise,
-                "dropout": dropout, "seed": seed}
+                "noise": noise, "dropout": dropout, "seed": seed}
     return judge_self_label(start, head.weight.detach().clone(), head.bias.detach().clone(),
                             probabilities, neighbor_indices, settings, threshold=threshold,
                             min_per_cluster=min_per_cluster, loss_tolerance=loss_tolerance,
