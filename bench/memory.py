@@ -15,11 +15,13 @@ class PeakRss:
     """Keeps the peak summed RSS of this process and, with `include_ray`, every Ray process.
 
     `own_only` (with `include_ray`): only the processes descended from this one, i.e. the local
-    Ray this process started (GCS, raylet, workers), not another user's Ray on a shared machine.
+    Ray this process started (GCS, raylet, workers), not another user's Ray on a shared machine;
+    then the peak summed PSS is kept too (`peak_pss_bytes`, see `own_memory`).
     """
 
     def __init__(self, include_ray: bool = False, every_s: float = 0.2, own_only: bool = False):
         self.peak_bytes = 0
+        self.peak_pss_bytes = 0
         self._include_ray = include_ray
         self._own_only = own_only
         self._every = every_s
@@ -30,7 +32,9 @@ class PeakRss:
         if not self._include_ray:
             return psutil.Process().memory_info().rss
         if self._own_only:
-            return own_rss()
+            rss, pss = own_memory()
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+            return rss
         total = 0
         for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
             cmdline = " ".join(process.info["cmdline"] or [])
@@ -52,13 +56,20 @@ class PeakRss:
         self._thread.join()
 
 
-def own_rss() -> int:
-    """Summed RSS of this process and its descendants, now (one that ends while read counts 0)."""
+def own_memory() -> tuple[int, int]:
+    """(summed RSS, summed PSS) in bytes of this process and its descendants, now (one that
+    ends while read counts 0).
+
+    RSS counts a shared page once in every process that maps it: Ray's object store lives in
+    shared memory, so a block the raylet holds, a worker wrote and the driver read counts three
+    times in summed RSS. PSS (proportional set size, Linux smaps) splits each shared page
+    between the processes that map it, so the sum counts it once: the memory the node needs."""
+    rss = pss = 0
     me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
+    for process in (me, *me.children(recursive=True)):
         try:
-            total += child.memory_info().rss
+            memory = process.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        rss, pss = rss + memory.rss, pss + memory.pss
+    return rss, pss

@@ -9,11 +9,12 @@ embed → sites → neighbours → cluster → self-label → assign → export.
 is bounded by its image budget, not by N (README, `fusc train-ssl`), so it is left out.
 
 Per stage and N: wall seconds and images/s (N / seconds; for ingest and embed also after their
-start-up), peak RSS of the driver plus the local Ray it started (every process descended from
-this one: bench/memory.PeakRss), the workdir's `lancedb/` folder in bytes per scan after the
-stage, and the load average at its end (the machine may be shared). Each N runs in a fresh
-process with its own Ray. Then, per stage, peak(largest N) / peak(next N), against the bar
-"memory flat in N: 50,000 within 1.5 × 10,000". With `--folder`, archives are kept and reused
+start-up), peak summed RSS and PSS of the driver plus the local Ray it started (every process
+descended from this one: bench/memory.PeakRss; PSS counts the object store's shared pages once,
+RSS once per process that touched them), the workdir's `lancedb/` folder in bytes per scan
+after the stage, and the load average at its end (the machine may be shared). Each N runs in a
+fresh process with its own Ray. Then, per stage, peak(largest N) / peak(next N) in PSS, against
+the bar "memory flat in N: 50,000 within 1.5 × 10,000". With `--folder`, archives are kept and reused
 and figures accumulate in `<folder>/scale-results.json`, so sizes run one at a time (each
 under the time a shared machine allows) print one table.
 
@@ -50,7 +51,7 @@ import torch
 from PIL import Image
 
 from bench.ingest import SETS
-from bench.memory import PeakRss, own_rss
+from bench.memory import PeakRss, own_memory
 from bench.quality import DATA, dataset_folder
 from fusc_lib.clustering_space import clustering_space
 from fusc_lib.config import (
@@ -192,6 +193,8 @@ class StageFigure:
     load: tuple[float, float, float]  # os.getloadavg() at the stage's end
     start_rss_bytes: int = 0  # driver + its Ray as the stage starts (idle workers of earlier
     #                           stages included): the peak's floor
+    peak_pss_bytes: int = 0  # the same sums in PSS (bench/memory.own_memory): shared pages,
+    start_pss_bytes: int = 0  # the object store's above all, counted once; 0 in older rows
     cpus: int = field(default_factory=os.cpu_count)
     day: str = field(default_factory=lambda: date.today().isoformat())
 
@@ -215,15 +218,17 @@ def measure(stage: str, work: Callable[[], object], store: Workdir, scans: int, 
             engine: str) -> StageFigure:
     """Run `work` under a PeakRss of the driver and its Ray, then size the workdir's lancedb
     folder. A result with `startup_seconds` (ingest's, embed's summary) gives its start-up."""
-    before = own_rss()
+    before = own_memory()
     started = time.monotonic()
     with PeakRss(include_ray=True, own_only=True) as memory:
         result = work()
     figure = StageFigure(stage, scans, views, engine, time.monotonic() - started,
                          getattr(result, "startup_seconds", None), memory.peak_bytes,
-                         folder_bytes(store.path(LANCEDB)), os.getloadavg(), before)
+                         folder_bytes(store.path(LANCEDB)), os.getloadavg(), before[0],
+                         memory.peak_pss_bytes, before[1])
     print(f"  {stage:10} {figure.seconds:8.1f} s  {figure.images_per_s:8.1f} images/s  "
-          f"peak {figure.peak_rss_bytes / 2**30:5.2f} GiB  "
+          f"peak RSS {figure.peak_rss_bytes / 2**30:5.2f} GiB  "
+          f"PSS {figure.peak_pss_bytes / 2**30:5.2f} GiB  "
           f"lancedb {figure.lancedb_bytes / scans / 1024:7.1f} KiB/scan  "
           f"load {figure.load[0]:.2f}", flush=True)
     return figure
@@ -280,16 +285,18 @@ def save_results(path: Path, figures: list[StageFigure]) -> list[dict]:
 
 
 def print_table(rows: list[dict], views: int, engine: str) -> None:
-    """Stage × N: seconds, images/s (after start-up), peak RSS, lancedb bytes per scan, load;
-    then the memory ratio of the two largest N per stage."""
+    """Stage × N: seconds, images/s (after start-up), peak RSS and PSS, lancedb bytes per scan,
+    load; then the memory ratio of the two largest N per stage, in PSS where both rows have it
+    (RSS counts the object store's pages once per process that touched them)."""
     figures = [StageFigure(**{**r, "load": tuple(r["load"])}) for r in rows
                if r["views"] == views and r["ocr_engine"] == engine]
     sizes = sorted({f.scans for f in figures})
-    print(f"\n{views} views, OCR {engine}, {EMBEDDING}; peak RSS = driver + its Ray processes; "
-          "disk = <workdir>/lancedb after the stage; load = 1-min load average at its end")
+    print(f"\n{views} views, OCR {engine}, {EMBEDDING}; peak RSS / PSS = summed over the driver "
+          "and its Ray processes; disk = <workdir>/lancedb after the stage; load = 1-min load "
+          "average at its end")
     print("| stage | N | seconds | images/s | after start-up | peak RSS GiB (at start) "
-          "| disk/scan KiB | load |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| peak PSS GiB (at start) | disk/scan KiB | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     stages = list(dict.fromkeys(f.stage for f in figures))
     by_key = {(f.stage, f.scans): f for f in figures}
     for stage in stages:
@@ -299,8 +306,10 @@ def print_table(rows: list[dict], views: int, engine: str) -> None:
                 continue
             steady = f"{f.steady_images_per_s:.1f}" if f.steady_images_per_s else ""
             floor = f" ({f.start_rss_bytes / 2**30:.2f})" if f.start_rss_bytes else ""
+            pss = (f"{f.peak_pss_bytes / 2**30:.2f} ({f.start_pss_bytes / 2**30:.2f})"
+                   if f.peak_pss_bytes else "")
             print(f"| {stage} | {scans:,} | {f.seconds:.1f} | {f.images_per_s:.1f} | {steady} | "
-                  f"{f.peak_rss_bytes / 2**30:.2f}{floor} | "
+                  f"{f.peak_rss_bytes / 2**30:.2f}{floor} | {pss} | "
                   f"{f.lancedb_bytes / scans / 1024:.1f} | {f.load[0]:.2f} |")
     if len(sizes) < 2:
         return
@@ -309,9 +318,14 @@ def print_table(rows: list[dict], views: int, engine: str) -> None:
           f"(bar: memory flat in N, 50,000 within {FLAT_BAR} × 10,000):")
     for stage in stages:
         if (stage, large) in by_key and (stage, next_) in by_key:
-            ratio = by_key[stage, large].peak_rss_bytes / by_key[stage, next_].peak_rss_bytes
+            a, b = by_key[stage, large], by_key[stage, next_]
+            rss = a.peak_rss_bytes / b.peak_rss_bytes
+            pss = a.peak_pss_bytes / b.peak_pss_bytes if a.peak_pss_bytes and b.peak_pss_bytes \
+                else None
+            ratio = pss or rss
             verdict = "flat" if ratio <= FLAT_BAR else "GROWS"
-            print(f"  {stage:10} {ratio:5.2f}  {verdict}")
+            shown = f"PSS {pss:5.2f} (RSS {rss:5.2f})" if pss else f"RSS {rss:5.2f}"
+            print(f"  {stage:10} {shown}  {verdict}")
 
 
 # ------------------------------------------------------------------ the views sweep

@@ -2,12 +2,15 @@
 and the neighbours mined in it (`load_neighbors`).
 
 Loaded on the driver as one matrix: stages 2–3 train on all vectors together (1M × 1280
-float32 is 5 GB; the neighbour search is the larger cost, see bench/neighbors.py).
+float32 is 5 GB; the neighbour search is the larger cost, see bench/neighbors.py). It is read
+batch by batch into that one array and centred in place, so a stage holds one N × D copy: the
+vectors as stored are read again only where asked (`ClusteringSpace.raw`, for evaluation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -17,14 +20,26 @@ from fusc_lib.sites import SiteCentering
 from fusc_lib.store import Workdir
 from schemas.tables import SITES
 
+EMBEDDING_BATCH_ROWS = 8_192  # rows read at a time into the (N, D) array
+
 
 @dataclass
 class ClusteringSpace:
+    workdir: Workdir
+    embedding: str
     image_ids: list[str]  # sorted, so every stage sees the same row order
-    raw: np.ndarray  # (N, D) embeddings as stored
     sites: list[str]
     centering: SiteCentering
     vectors: np.ndarray  # (N, D) centred per site, unit length: what stages 2-3 use
+
+    @cached_property
+    def raw(self) -> np.ndarray:
+        """(N, D) embeddings as stored, rows in `image_ids` order, read when first asked.
+        Raises ValueError when the table's scans changed since the space was loaded."""
+        image_ids, raw = load_embeddings(self.workdir, self.embedding)
+        if image_ids != self.image_ids:
+            raise ValueError(f"the embeddings of {self.embedding!r} changed while in use")
+        return raw
 
 
 def latest_embedding(workdir: Workdir) -> str:
@@ -39,12 +54,28 @@ def latest_embedding(workdir: Workdir) -> str:
 
 
 def load_embeddings(workdir: Workdir, embedding: str) -> tuple[list[str], np.ndarray]:
-    """(image ids sorted, (N, D) vectors) of one embedding key; D is that key's width."""
-    table = workdir.embeddings(embedding, ["image_id", "vector"]).sort_by("image_id")
-    if not table.num_rows:
+    """(image ids sorted, (N, D) float32 vectors) of one embedding key; D is that key's width.
+
+    Two scans of one table version: the ids first (their sort order), then the vectors, each
+    batch written to its sorted rows of the one (N, D) array, so memory is that array plus a
+    batch. Raises ValueError when the key has no vectors."""
+    table = workdir.embeddings_table(embedding).to_lance()  # one version for both scans
+    ids = table.to_table(columns=["image_id"]).column("image_id")
+    if not len(ids):
         raise ValueError(f"no embeddings for {embedding!r}: run `fusc embed` for it first")
-    vectors = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
-    return table.column("image_id").to_pylist(), vectors.reshape(table.num_rows, -1)
+    order = pc.sort_indices(ids).to_numpy()
+    sorted_row = np.empty(len(ids), dtype=np.int64)
+    sorted_row[order] = np.arange(len(ids))
+    vectors = np.empty((len(ids), table.schema.field("vector").type.list_size), np.float32)
+    start = 0
+    for batch in table.to_batches(columns=["image_id", "vector"], scan_in_order=True,
+                                  batch_size=EMBEDDING_BATCH_ROWS):
+        if not batch.column(0).equals(ids.slice(start, batch.num_rows).combine_chunks()):
+            raise ValueError(f"the embeddings of {embedding!r} changed while being read")
+        block = np.asarray(batch.column(1).flatten(), dtype=np.float32)
+        vectors[sorted_row[start:start + batch.num_rows]] = block.reshape(batch.num_rows, -1)
+        start += batch.num_rows
+    return ids.take(order).to_pylist(), vectors
 
 
 def load_sites(workdir: Workdir, image_ids: list[str]) -> list[str]:
@@ -60,10 +91,14 @@ def load_sites(workdir: Workdir, image_ids: list[str]) -> list[str]:
 
 
 def clustering_space(workdir: Workdir, embedding: str) -> ClusteringSpace:
-    image_ids, raw = load_embeddings(workdir, embedding)
+    """The embeddings of `embedding`, centred per site (the `sites` table) in place: (N, D)
+    float32 unit rows in sorted image-id order. Raises ValueError when a stage before is
+    missing (no embeddings, no sites, scans embedded since `fusc sites`)."""
+    image_ids, vectors = load_embeddings(workdir, embedding)
     sites = load_sites(workdir, image_ids)
-    centering = SiteCentering.fit(raw, sites)
-    return ClusteringSpace(image_ids, raw, sites, centering, centering.apply(raw, sites))
+    centering = SiteCentering.fit(vectors, sites)
+    return ClusteringSpace(workdir, embedding, image_ids, sites, centering,
+                           centering.centre_in_place(vectors, sites))
 
 
 def load_neighbors(workdir: Workdir, embedding: str, image_ids: list[str]) -> np.ndarray:

@@ -68,8 +68,10 @@ def mine_neighbors(vectors: np.ndarray, k: int, *, exact_max: int | None = None,
     if not 0 < k < len(x):
         raise ValueError(f"k = {k} needs 0 < k < N = {len(x)}")
     choice = choose_index(len(x), exact_max=exact_max, use_gpu=use_gpu)
-    index = _build(x, choice, seed)
-    similarities, indices = index.search(x, k + 1)
+    if choice.kind == "flat" and not choice.gpu:  # block by block, without an index's copy of x
+        similarities, indices = faiss.knn(x, x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        similarities, indices = _build(x, choice, seed).search(x, k + 1)
     missing = (indices < 0).any(axis=1)
     if missing.any():  # an approximate search can come back short; rare, so redo those exactly
         similarities[missing], indices[missing] = faiss.knn(
@@ -94,9 +96,9 @@ def _unit_float32(vectors: np.ndarray) -> np.ndarray:
 
 
 def _build(x: np.ndarray, choice: IndexChoice, seed: int) -> faiss.Index:
+    """The index `choice` names, holding x: exact on GPU, or IVF (CPU or GPU)."""
     if choice.kind == "flat":
-        index = faiss.IndexFlatIP(x.shape[1])
-        index = _to_gpu(index) if choice.gpu else index
+        index = _to_gpu(faiss.IndexFlatIP(x.shape[1]))
         index.add(x)
         return index
     index = _train_ivf(x, choice, seed)

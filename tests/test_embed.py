@@ -9,7 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fusc_lib.clustering_space import clustering_space, latest_embedding, load_embeddings
+from fusc_lib.clustering_space import (
+    EMBEDDING_BATCH_ROWS,
+    clustering_space,
+    latest_embedding,
+    load_embeddings,
+)
 from fusc_lib.config import EmbedConfig
 from fusc_lib.id_sets import contains, sorted_ids
 from fusc_lib.ingest import IngestConfig
@@ -156,3 +161,19 @@ def test_an_old_single_embeddings_table_is_split_per_key(tmp_path):
         assert ids == [f"{key}-{i}" for i in range(len(expected))]
         assert np.allclose(got, expected.astype(np.float32))
     assert latest_embedding(store) in vectors
+
+
+def test_embeddings_load_in_id_order_from_many_fragments_and_batches(tmp_path):
+    """The clustering space's loader writes each scanned batch into its sorted rows of one
+    array: ids appended out of order, in several fragments, over more rows than one batch."""
+    rng = np.random.default_rng(1)
+    store, key = Workdir(str(tmp_path)), "run-a"
+    ids = [f"scan-{i:05d}" for i in rng.permutation(EMBEDDING_BATCH_ROWS + 3_000)]
+    vectors = rng.normal(size=(len(ids), 4)).astype(np.float32)
+    for part in np.array_split(np.arange(len(ids)), 3):  # one fragment per append
+        store.append_embeddings(key, embedding_rows(pa.array([ids[i] for i in part]), key,
+                                                    vectors[part]))
+    got_ids, got = load_embeddings(store, key)
+    assert got_ids == sorted(ids)
+    row_of = {image_id: row for row, image_id in enumerate(ids)}
+    assert np.array_equal(got, vectors[[row_of[i] for i in got_ids]])

@@ -7,7 +7,13 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from fusc_lib.preprocess import PreprocessConfig, Preprocessor
-from fusc_lib.sites import SiteCentering, SiteModel, resolve_sites, style_features
+from fusc_lib.sites import (
+    CENTERING_ROWS,
+    SiteCentering,
+    SiteModel,
+    resolve_sites,
+    style_features,
+)
 
 
 def _scans(data_dir, dataset: str, n: int) -> list[tuple[np.ndarray, int, int]]:
@@ -72,3 +78,22 @@ def test_centering_removes_each_site_mean_and_handles_unknown_sites():
     assert np.allclose(restored.apply(vectors, sites), centred, atol=1e-6)
     unknown = centering.apply(vectors[:2], ["never-seen", "never-seen"])
     assert np.isfinite(unknown).all()
+
+
+def test_centering_over_many_blocks_matches_the_plain_means_and_works_in_place():
+    """Fit and centring go through the rows a block at a time (CENTERING_ROWS): over several
+    blocks the means are those of the whole site, and `centre_in_place` writes into the array
+    it is given, with the result `apply` returns."""
+    rng = np.random.default_rng(2)
+    n = CENTERING_ROWS * 2 + 100
+    sites = rng.choice(["a", "b", "c"], size=n)
+    vectors = (rng.normal(size=(n, 6)) + (sites == "a")[:, None] * 2).astype(np.float32)
+    centering = SiteCentering.fit(vectors, sites)
+    for site in ("a", "b", "c"):
+        assert np.allclose(centering.means[site], vectors[sites == site].mean(axis=0), atol=1e-5)
+    assert np.allclose(centering.overall, vectors.mean(axis=0), atol=1e-5)
+    expected = centering.apply(vectors, sites)
+    same = centering.centre_in_place(vectors, sites)
+    assert same is vectors and np.allclose(vectors, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="float32"):
+        centering.centre_in_place(vectors.astype(np.float64), sites)
