@@ -121,7 +121,6 @@ class Workdir:
         self.root = root.rstrip("/")
         self._db: lancedb.DBConnection | None = None
         self._embeddings_migrated = False
-        self._committed: set[str] = set()  # tables seen with a version: not listed again
 
     def path(self, *parts: str) -> str:
         """A path (or URI) inside the workdir."""
@@ -148,15 +147,10 @@ class Workdir:
     def has_table(self, name: str) -> bool:
         """Whether table `name` exists with a committed version. The folder of a table whose
         creation was killed before its first commit (listed, but with no version to open: a
-        `fusc run` killed in that instant) is dropped here, so its stage makes it again.
-        A table once seen committed is not listed again (each check is a LIST on object
-        storage, and tables are opened per batch)."""
-        if name in self._committed:
-            return True
+        `fusc run` killed in that instant) is dropped here, so its stage makes it again."""
         if name not in self.db.list_tables().tables:
             return False
         if artifacts.file_names(f"{self.lancedb_uri}/{name}.lance/_versions"):
-            self._committed.add(name)
             return True
         self.db.drop_table(name)
         return False
@@ -296,7 +290,6 @@ class Workdir:
                                          b.rename_columns(schema.names).cast(schema)
                                          for b in batches)))
             self.db.drop_table(LEGACY_EMBEDDINGS)
-            self._committed.discard(LEGACY_EMBEDDINGS)
         self._embeddings_migrated = True
 
     def ssl_run_dir(self, run: str) -> str:

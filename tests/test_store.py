@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from fusc_lib import artifacts, table_upkeep
+from fusc_lib import table_upkeep
 from fusc_lib.artifacts import load_torch, save_torch
 from fusc_lib.store import Workdir, rows_by_id
 from fusc_lib.table_appender import TableAppender
@@ -152,19 +152,6 @@ def test_a_table_whose_creation_was_killed_is_made_again(tmp_path):
                      "similarities": pa.array([[0.5]], pa.list_(pa.float32()))})
     assert again.append(NEIGHBORS, rows) == 1 and again.has_table(NEIGHBORS)
     assert store.has_table(SITES) is False  # never made: nothing to drop
-
-
-def test_a_table_seen_committed_is_not_listed_again(tmp_path, monkeypatch):
-    """Whether a table has a version is a listing (a LIST request on object storage): a
-    workdir does it once per table, not at every open."""
-    Workdir(str(tmp_path / "w")).append(ASSIGNMENTS, _assignments(["a"]))
-    listed = []
-    real = artifacts.file_names
-    monkeypatch.setattr(artifacts, "file_names", lambda uri: listed.append(uri) or real(uri))
-    store = Workdir(str(tmp_path / "w"))
-    for _ in range(3):
-        assert store.table(ASSIGNMENTS).count_rows() == 1
-    assert len(listed) == 1 and listed[0].endswith(f"{ASSIGNMENTS}.lance/_versions")
 
 
 def test_many_small_commits_end_in_few_fragments_every_row_readable(tmp_path):
