@@ -60,7 +60,7 @@ def load_embeddings(workdir: Workdir, embedding: str) -> tuple[list[str], np.nda
     batch written to its sorted rows of the one (N, D) array, so memory is that array plus a
     batch. Raises ValueError when the key has no vectors."""
     table = workdir.embeddings_table(embedding).to_lance()  # one version for both scans
-    ids = table.to_table(columns=["image_id"]).column("image_id")
+    ids = table.to_table(columns=["image_id"]).column("image_id").combine_chunks()
     if not len(ids):
         raise ValueError(f"no embeddings for {embedding!r}: run `fusc embed` for it first")
     order = pc.sort_indices(ids).to_numpy()
@@ -70,9 +70,9 @@ def load_embeddings(workdir: Workdir, embedding: str) -> tuple[list[str], np.nda
     start = 0
     for batch in table.to_batches(columns=["image_id", "vector"], scan_in_order=True,
                                   batch_size=EMBEDDING_BATCH_ROWS):
-        if not batch.column(0).equals(ids.slice(start, batch.num_rows).combine_chunks()):
+        if not batch.column("image_id").equals(ids.slice(start, batch.num_rows)):
             raise ValueError(f"the embeddings of {embedding!r} changed while being read")
-        block = np.asarray(batch.column(1).flatten(), dtype=np.float32)
+        block = np.asarray(batch.column("vector").flatten(), dtype=np.float32)
         vectors[sorted_row[start:start + batch.num_rows]] = block.reshape(batch.num_rows, -1)
         start += batch.num_rows
     return ids.take(order).to_pylist(), vectors
