@@ -26,6 +26,7 @@ from fusc_lib.preprocess import (
     encode_png,
 )
 from fusc_lib.privacy import hash_identifier
+from fusc_lib.sites import style_features
 from fusc_lib.sources import Source
 from fusc_lib.store import utc_now
 from schemas.tables import QUARANTINE_SCHEMA, SCANS_SCHEMA
@@ -144,6 +145,7 @@ class ScanIngestor:
             "width": int(pixels.shape[1]),
             "height": int(pixels.shape[0]),
             **file.tags,
+            "style": style_features(prepared.pixels, pixels.shape[1], pixels.shape[0]).tolist(),
             "image": encode_png(prepared.pixels),
             "pseudo_view": prepared.pseudo_view,
             "ocr_confidence": prepared.ocr_confidence,

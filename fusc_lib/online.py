@@ -26,7 +26,7 @@ from fusc_lib.layout import PREPROCESS
 from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
 from fusc_lib.preprocess import PreparedFrame, PreprocessConfig, Preprocessor
 from fusc_lib.review import review_state
-from fusc_lib.sites import site_of_new_scan
+from fusc_lib.sites import site_of_new_scan, style_features
 from fusc_lib.store import Workdir
 from schemas.tables import ASSIGNMENTS, SCANS
 
@@ -190,7 +190,8 @@ class OnlineClusterer:
               version: _Version) -> str | None:
         """The given site, else the style group `fusc sites` would infer."""
         height, width = frame.shape[:2]
-        return site_of_new_scan(given, prepared.pixels, width, height, version.model.site_model)
+        return site_of_new_scan(given, style_features(prepared.pixels, width, height),
+                                version.model.site_model)
 
     def classify(self, scan: EmbeddedScan) -> dict:
         """The response of /v1/cluster for an embedded scan."""

@@ -73,6 +73,9 @@ def sites(summary) -> None:
     say(f"{summary.scans} scans: {summary.given} with a named site, "
         f"{summary.inferred_groups} style groups inferred; sizes {summary.sizes} "
         f"({summary.seconds:.1f} s)")
+    if summary.styles_computed:
+        say(f"style statistics computed from the images for {summary.styles_computed} scans "
+            "ingested before ingest stored them")
 
 
 def neighbours(summary) -> None:

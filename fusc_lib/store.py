@@ -52,14 +52,21 @@ def rows_by_id(table_uri: str, image_ids: list[str], columns: list[str]) -> pa.T
 
 # Columns renamed since a release: old name -> name today.
 RENAMED_COLUMNS = {NEIGHBORS: {"model_run": "embedding_key"}}
+# Nullable columns added since a release: an older table gets them, all null, on first open.
+ADDED_COLUMNS = {SCANS: ["style"]}
 
 
-def _with_current_names(table: lancedb.table.Table) -> lancedb.table.Table:
+def _up_to_date(table: lancedb.table.Table) -> lancedb.table.Table:
+    """`table` with today's column names and columns (`RENAMED_COLUMNS`, `ADDED_COLUMNS`)."""
     old_names = RENAMED_COLUMNS.get(table.name, {})
     renames = [{"path": old, "rename": new} for old, new in old_names.items()
                if old in table.schema.names]
     if renames:
         table.alter_columns(*renames)
+    added = [SCHEMAS[table.name].field(name) for name in ADDED_COLUMNS.get(table.name, [])
+             if name not in table.schema.names]
+    if added:
+        table.add_columns(added)
     return table
 
 
@@ -138,10 +145,10 @@ class Workdir:
 
     def table(self, name: str) -> lancedb.table.Table:
         """Open a table, creating it empty the first time with its schema from `schemas/`
-        (embeddings: `embeddings_table`). Columns an older workdir named otherwise are renamed
-        on first open (`RENAMED_COLUMNS`)."""
+        (embeddings: `embeddings_table`). Columns an older workdir named otherwise are renamed,
+        and columns added since are added all null, on first open (`_up_to_date`)."""
         if self.has_table(name):
-            return _with_current_names(self.db.open_table(name))
+            return _up_to_date(self.db.open_table(name))
         return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
 
     def has_table(self, name: str) -> bool:

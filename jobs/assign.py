@@ -21,12 +21,11 @@ import ray
 
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.id_sets import contains, sorted_ids
-from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import site_of_new_scan
+from fusc_lib.sites import site_of_new_scan, stored_style
 from fusc_lib.store import Workdir, rows_by_id, utc_now
 from fusc_lib.table_appender import TableAppender
-from jobs.ray_runtime import cluster_cpus, connect, read_for_actors
+from jobs.ray_runtime import cluster_cpus, ray_for_job, read_for_actors
 from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS
 
 COMMIT_ROWS = 50_000
@@ -67,11 +66,10 @@ class _AssignActor:
         return assignment_rows(ids, probabilities, self.model.version)
 
     def _sites_of_new_scans(self, image_ids: list[str]) -> dict[str, str | None]:
-        rows = rows_by_id(self.scans_uri, image_ids, ["image_id", "image", "width", "height",
-                                                      "site"])
-        return {image_id: site_of_new_scan(site, decode_png(image), width, height,
-                                           self.model.site_model)
-                for image_id, image, width, height, site in zip(
+        rows = rows_by_id(self.scans_uri, image_ids, ["image_id", "site", "style", "image",
+                                                      "width", "height"])
+        return {image_id: site_of_new_scan(site, stored_style(*style_of), self.model.site_model)
+                for image_id, site, *style_of in zip(
                     *(rows.column(name).to_pylist() for name in rows.column_names))}
 
 
@@ -97,8 +95,8 @@ def run_assign(workdir: Workdir, version: str | None = None,
     total = workdir.embeddings_table(model.embedding).count_rows()
     appended = 0
     if total > len(done):
-        connect(ray_address)
-        appended = _stream_assignments(workdir, model, done, total - len(done))
+        with ray_for_job(ray_address):
+            appended = _stream_assignments(workdir, model, done, total - len(done))
     clusters, confidences = _assigned(workdir, version)
     return AssignSummary(version, appended, len(done),
                          np.bincount(clusters, minlength=model.n_clusters).tolist(),

@@ -32,7 +32,7 @@ from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.store import Workdir, utc_now
 from fusc_lib.table_appender import TableAppender
-from jobs.ray_runtime import cluster_cpus, connect, read_for_actors
+from jobs.ray_runtime import cluster_cpus, ray_for_job, read_for_actors
 from schemas.tables import SCANS, embeddings_schema
 
 
@@ -114,8 +114,8 @@ def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = N
     pending = all_ids.filter(pc.invert(pc.is_in(all_ids, value_set=pa.array(list(done), pa.string()))))
     summary.already_done = len(all_ids) - len(pending)
     if len(pending):
-        connect(ray_address)
-        _stream_vectors(workdir, config, model, pending, summary, started)
+        with ray_for_job(ray_address):
+            _stream_vectors(workdir, config, model, pending, summary, started)
         summary.indexed = ensure_vector_index(workdir, summary.embedding_key, config.index_min_rows)
     summary.seconds = monotonic() - started
     return summary

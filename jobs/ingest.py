@@ -24,7 +24,7 @@ from fusc_lib.progress import progress_bar
 from fusc_lib.sources import Source, gather_sources
 from fusc_lib.store import Workdir, utc_now
 from fusc_lib.table_appender import TableAppender
-from jobs.ray_runtime import cluster_cpus, connect
+from jobs.ray_runtime import cluster_cpus, ray_for_job
 from schemas.tables import DUPLICATES, QUARANTINE, SCANS
 
 
@@ -132,15 +132,14 @@ def run_ingest(workdir: Workdir, config: IngestConfig, preprocess: PreprocessCon
     summary.files_found = len(pending) + summary.files_already_done
     if pending:
         workdir.write_json(config.model_dump(), *INGEST_CONFIG)
-        _stream_into_tables(workdir, config, preprocess, pending, summary, ray_address, started)
+        with ray_for_job(ray_address):
+            _stream_into_tables(workdir, config, preprocess, pending, summary, started)
     summary.seconds = monotonic() - started
     return summary
 
 
 def _stream_into_tables(workdir: Workdir, config: IngestConfig, preprocess: PreprocessConfig,
-                        pending: list[Source], summary: IngestSummary,
-                        ray_address: str | None, started: float) -> None:
-    connect(ray_address)
+                        pending: list[Source], summary: IngestSummary, started: float) -> None:
     workers = config.concurrency or cluster_cpus()
     dataset = ray.data.from_items([s.as_row() for s in pending]).map_batches(
         _IngestActor,

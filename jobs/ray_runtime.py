@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 
@@ -28,6 +30,23 @@ def connect(address: str | None) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.enable_operator_progress_bars = False
+
+
+@contextmanager
+def ray_for_job(address: str | None) -> Iterator[None]:
+    """`connect` for the length of a job's Ray work. A local Ray started here is shut down on
+    leaving: its idle workers each keep what they read (1-1.5 GiB RSS after reading 10,000
+    images, more at 50,000: bench/README.md), which the stages after it, one-node and
+    memory-heavy (neighbours, k-means, heads), need more. A cluster joined by address, or a Ray
+    already running in this process (a test session's), is left as it is."""
+    starts_local = not ray.is_initialized() and \
+        (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+    connect(address)
+    try:
+        yield
+    finally:
+        if starts_local:
+            ray.shutdown()
 
 
 def cluster_cpus() -> int:

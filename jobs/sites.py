@@ -1,9 +1,10 @@
 """`fusc sites`: the site of every scan, given or inferred, into the `sites` table.
 
-Ray Data computes the style statistics of each stored scan (`fusc_lib.sites.style_features`);
-the driver groups the scans without a named site and rewrites `sites` whole. The style-group
-model is saved to `models/sites/site_model.json` so a scan served online is put in a group the
-same way.
+The style statistics of each scan (`fusc_lib.sites.style_features`) are stored in `scans` by
+ingest; only rows without them (a workdir ingested before the column existed) are computed here,
+by Ray Data from the stored image. The driver groups the scans without a named site and
+rewrites `sites` whole. The style-group model is saved to `models/sites/site_model.json` so a
+scan served online is put in a group the same way.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from time import monotonic
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from fusc_lib.layout import SITE_MODEL
-from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import resolve_sites, style_features
+from fusc_lib.sites import NEEDS_STYLE, STYLE_WIDTH, resolve_sites, stored_style
 from fusc_lib.store import Workdir
-from jobs.ray_runtime import connect
+from jobs.ray_runtime import ray_for_job
 from schemas.tables import SCANS, SITES
 
 
@@ -31,33 +32,56 @@ class SitesSummary:
     inferred_groups: int  # 0 when every scan had a named site
     sizes: dict[str, int]
     seconds: float
+    styles_computed: int = 0  # scans whose style statistics ingest had not stored
 
 
 def style_columns(batch: pa.Table) -> pa.Table:
-    """Ray Data batch function: image bytes + original size -> style feature vectors."""
-    features = [style_features(decode_png(image), width, height) for image, width, height in
+    """Ray Data batch function: `scans` rows -> image_id + (STYLE_WIDTH,) style vectors."""
+    features = [stored_style(None, image, width, height) for image, width, height in
                 zip(*(batch.column(c).to_pylist() for c in ("image", "width", "height")))]
-    flat = np.stack(features).astype(np.float32) if features else np.zeros((0, 1), np.float32)
-    return pa.table({"image_id": batch.column("image_id"), "site": batch.column("site"),
+    flat = np.stack(features) if features else np.zeros((0, STYLE_WIDTH), np.float32)
+    return pa.table({"image_id": batch.column("image_id"),
                      "style": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()),
-                                                                 flat.shape[1])})
+                                                                 STYLE_WIDTH)})
+
+
+def computed_styles(workdir: Workdir, count: int) -> dict[str, np.ndarray]:
+    """Style vectors of the `count` scans whose stored `style` is missing or stale
+    (`NEEDS_STYLE`), computed from their images by Ray Data: image_id -> (STYLE_WIDTH,)."""
+    dataset = (ray.data.read_lance(workdir.table_uri(SCANS), filter=NEEDS_STYLE,
+                                   columns=["image_id", "image", "width", "height"])
+               .map_batches(style_columns, batch_size=256, batch_format="pyarrow"))
+    styles: dict[str, np.ndarray] = {}
+    with progress_bar("style statistics", total=count, unit="scans") as advance:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            vectors = np.asarray(batch.column("style").combine_chunks().flatten())
+            styles.update(zip(batch.column("image_id").to_pylist(),
+                              vectors.reshape(batch.num_rows, STYLE_WIDTH)))
+            advance(batch.num_rows)
+    return styles
+
+
+def style_matrix(workdir: Workdir, table: pa.Table, ray_address: str | None) -> tuple[
+        np.ndarray, int]:
+    """(N, STYLE_WIDTH) float32 style statistics of `table`'s rows (image_id, style) in order:
+    the stored ones, the rest computed from the images; and how many were computed."""
+    stale = np.asarray(pc.fill_null(pc.not_equal(pc.list_value_length(table.column("style")),
+                                                 STYLE_WIDTH), True))
+    features = np.zeros((table.num_rows, STYLE_WIDTH), np.float32)
+    current = table.column("style").filter(pa.array(~stale)).combine_chunks()
+    features[~stale] = np.asarray(current.flatten()).reshape(-1, STYLE_WIDTH)
+    if stale.any():
+        with ray_for_job(ray_address):
+            styles = computed_styles(workdir, int(stale.sum()))
+        ids = table.column("image_id").to_pylist()
+        features[stale] = np.stack([styles[ids[row]] for row in np.flatnonzero(stale)])
+    return features, int(stale.sum())
 
 
 def run_sites(workdir: Workdir, ray_address: str | None = None, seed: int = 0) -> SitesSummary:
     started = monotonic()
-    connect(ray_address)
-    dataset = (ray.data.read_lance(workdir.table_uri(SCANS),
-                                   columns=["image_id", "image", "width", "height", "site"])
-               .map_batches(style_columns, batch_size=256, batch_format="pyarrow"))
-    parts = []
-    total = workdir.table(SCANS).count_rows()
-    with progress_bar("style statistics", total=total, unit="scans") as advance:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            parts.append(batch)
-            advance(batch.num_rows)
-    table = pa.concat_tables(parts).sort_by("image_id")
-    features = np.asarray(table.column("style").combine_chunks().flatten()).reshape(
-        table.num_rows, -1)
+    table = workdir.scans(["image_id", "site", "style"]).sort_by("image_id")
+    features, computed = style_matrix(workdir, table, ray_address)
     sites, inferred, model = resolve_sites(table.column("site").to_pylist(), features, seed=seed)
     workdir.overwrite(SITES, pa.table({"image_id": table.column("image_id"),
                                        "site": pa.array(sites, pa.string()),
@@ -67,5 +91,4 @@ def run_sites(workdir: Workdir, ray_address: str | None = None, seed: int = 0) -
     return SitesSummary(scans=len(sites), given=int((~inferred).sum()),
                         inferred_groups=model.n_sites if model else 0,
                         sizes=dict(zip(names.tolist(), counts.tolist())),
-                        seconds=monotonic() - started)
-
+                        seconds=monotonic() - started, styles_computed=computed)

@@ -43,7 +43,7 @@ from fusc_lib.ssl_training import (
     view_columns,
 )
 from fusc_lib.store import Workdir, by_embedding, rows_by_id
-from jobs.ray_runtime import cluster_cpus, connect
+from jobs.ray_runtime import cluster_cpus, ray_for_job
 from schemas.tables import NEIGHBORS, SCANS, SITES
 
 _SHUFFLE_BATCHES = 4  # local shuffle buffer, in batches (rows hold augmented views: keep small)
@@ -63,17 +63,29 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
     folder = workdir.ssl_run_dir(config.run)
     config = _run_config(workdir, config, resume)
     plan = TrainingPlan.of(config, workdir.table(SCANS).count_rows())
+    started = time.monotonic()
+    with ray_for_job(ray_address):
+        result = _fit(workdir, config, plan, folder)
+    _export_run(result.checkpoint, folder)
+    history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_LOG}"))
+    return {"run": config.run, "run_dir": folder, "epochs": len(history),
+            "images_seen": sum(row["images"] for row in history),
+            "final_loss": history[-1]["loss"] if history else None,
+            "images_per_s": history[-1]["images_per_s"] if history else None,
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def _fit(workdir: Workdir, config: SSLConfig, plan: TrainingPlan, folder: str) -> ray.train.Result:
+    """Ray Data streams the stored PNGs (or neighbour pairs) and makes the views on CPU
+    workers; Ray Train runs `_train_worker` on each training worker, DDP between them."""
     per_worker_batch = config.batch_size // config.workers
     backbone = create_backbone(config.backbone, config.init, config.image_size)
-    connect(ray_address)
-    # --- Ray Data: stream the stored PNGs (or neighbour pairs), make the views on CPU workers ---
     rows = _scan_rows(workdir, config)
     if plan.sampled < 1.0:  # the budget: a fresh random sample of the archive every epoch
         rows = rows.random_sample(plan.sampled)
     dataset = (rows.randomize_block_order()
                .map_batches(view_columns, fn_kwargs={"views": create_views(config, backbone)},
                             batch_size=per_worker_batch, batch_format="numpy"))
-    # --- Ray Train: the loop below on each worker, DDP between them ---
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
         train_loop_config={"config": config.model_dump(), "run_dir": folder,
@@ -87,16 +99,8 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=WORKER_FAILURES)),
         datasets={"train": dataset})
-    started = time.monotonic()
     with _ProgressPrinter(f"{folder}/{LOSS_LOG}"):
-        result = trainer.fit()
-    _export_run(result.checkpoint, folder)
-    history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_LOG}"))
-    return {"run": config.run, "run_dir": folder, "epochs": len(history),
-            "images_seen": sum(row["images"] for row in history),
-            "final_loss": history[-1]["loss"] if history else None,
-            "images_per_s": history[-1]["images_per_s"] if history else None,
-            "seconds": round(time.monotonic() - started, 1)}
+        return trainer.fit()
 
 
 def _scan_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:

@@ -40,6 +40,10 @@ SCANS_SCHEMA = pa.schema([
     # What decoding assumed or corrected, e.g. "EXIF orientation 6 applied" or "no file meta:
     # transfer syntax assumed Implicit VR Little Endian"; null when nothing was.
     pa.field("decode_notes", pa.string()),
+    # Machine-style statistics of the stored image and original frame size
+    # (`fusc_lib.sites.style_features`), computed once at ingest so `fusc sites` and `fusc assign`
+    # need not decode every image again; null in rows a workdir held before the column existed.
+    pa.field("style", pa.list_(pa.float32())),
 ])
 
 # Files whose bytes equal a file already in `scans` (a re-export, a copy in another study

@@ -97,3 +97,44 @@ def test_centering_over_many_blocks_matches_the_plain_means_and_works_in_place()
     assert same is vectors and np.allclose(vectors, expected, atol=1e-6)
     with pytest.raises(ValueError, match="float32"):
         centering.centre_in_place(vectors.astype(np.float64), sites)
+
+
+def test_ingest_stores_style_and_sites_computes_only_what_an_older_workdir_lacks(
+        ray_session, data_dir, tmp_path):
+    """Ingest stores each scan's style statistics, so `fusc sites` reads no image; a workdir
+    ingested before the column existed gets it (all null) on first open, and `fusc sites`
+    computes those scans' statistics from their images, to the same sites."""
+    import shutil
+
+    from fusc_lib.config import IngestConfig
+    from fusc_lib.preprocess import decode_png, workdir_preprocess
+    from fusc_lib.sites import STYLE_WIDTH
+    from fusc_lib.store import Workdir
+    from jobs.ingest import run_ingest
+    from jobs.sites import run_sites
+    from schemas.tables import SCANS, SITES
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for dataset in ("african-planes", "hc18"):
+        for path in sorted((data_dir / dataset / "images").glob("*.png"))[:10]:
+            shutil.copy(path, folder / f"{dataset}-{path.name}")
+    new = Workdir(str(tmp_path / "new"))
+    run_ingest(new, IngestConfig(paths=[str(folder)]),
+               workdir_preprocess(new, {"ocr_engine": "none", "image_size": 64}))
+    rows = new.scans(["image", "width", "height", "style"]).to_pylist()
+    assert len(rows) == 20
+    for row in rows:
+        assert len(row["style"]) == STYLE_WIDTH
+        assert np.allclose(row["style"], style_features(decode_png(row["image"]), row["width"],
+                                                        row["height"]), atol=1e-6)
+    fresh = run_sites(new)
+    assert fresh.styles_computed == 0 and fresh.inferred_groups >= 2
+
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    Workdir(str(tmp_path / "old")).db.open_table(SCANS).drop_columns(["style"])
+    old = Workdir(str(tmp_path / "old"))
+    assert old.scans(["style"]).column("style").null_count == 20  # added on open, all null
+    again = run_sites(old)
+    assert again.styles_computed == 20 and again.sizes == fresh.sizes
+    assert old.read(SITES).sort_by("image_id").equals(new.read(SITES).sort_by("image_id"))
