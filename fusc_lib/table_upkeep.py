@@ -17,14 +17,17 @@ import lance
 # Compaction is size-tiered: once COMPACTION_FANOUT fragments at the end of a table are of the
 # same size class (classes a factor COMPACTION_FANOUT apart, in bytes) they are merged into one.
 # So a million commits leave O(FANOUT * log_FANOUT(bytes)) fragments, and a row is rewritten
-# about log_FANOUT(COMPACTED_FRAGMENT_BYTES / bytes of a commit) times (twice for scans).
+# about log_FANOUT(MAX_FRAGMENT_BYTES / bytes of a commit) times (twice for scans).
 # LanceDB's `optimize()` instead merges every fragment under 1M rows each time: to take in 16
 # commits of 1,000 rows on a 1M-row table held in 100k-row fragments it rewrote the whole
 # table, 49 s for 1280-d embeddings where this took 3.4 s (bench part 1).
 COMPACTION_FANOUT = 16
-# Fragments this big are left alone: a read costs the same whatever their neighbours, and a
-# rewrite would cost their size.
-COMPACTED_FRAGMENT_BYTES = 1 << 30
+# A merge writes fragments of about this many bytes (under twice it), and fragments of half
+# this or more are left alone (a read costs the same whatever their neighbours; a rewrite would
+# cost their size). Ray Data reads a Lance table a whole fragment per task, and a task holds ~2-5x its
+# fragment while it reads (scans at 50,000: 240 MB fragments, read workers of 1.2-1.3 GiB
+# private; bench/README.md): bounding the fragment bounds that in the archive's size.
+MAX_FRAGMENT_BYTES = 128 << 20
 # A keyed table gets a BTREE on its first key column from this many rows on. Below, the scan
 # of that one column that `_add` does instead costs about one add (at 100k rows the keyed add
 # took 1.6-3x an add; at 1M, 6-18x without the index, 2-4x with it: bench part 1).
@@ -57,7 +60,7 @@ class Upkeep:
 
 
 def _compaction_run(sizes: list[int], fanout: int = COMPACTION_FANOUT,
-                    biggest: int = COMPACTED_FRAGMENT_BYTES) -> int:
+                    biggest: int = MAX_FRAGMENT_BYTES // 2) -> int:
     """Where the run of trailing fragments to merge starts, given every fragment's size in bytes
     (oldest first); len(sizes) when none is due.
 
@@ -124,18 +127,22 @@ def maintain(dataset: lance.LanceDataset, key: tuple[str, ...]) -> Upkeep:
     return upkeep
 
 
-def _compact(dataset: lance.LanceDataset, upkeep: Upkeep) -> None:
-    """Merge runs of trailing fragments while one is due (a merge can complete the next)."""
+def _compact(dataset: lance.LanceDataset, upkeep: Upkeep,
+             max_bytes: int = MAX_FRAGMENT_BYTES) -> None:
+    """Merge runs of trailing fragments while one is due (a merge can complete the next) into
+    fragments of at most about `max_bytes`."""
     while True:
         fragments = dataset.get_fragments()
-        start = _compaction_run([_fragment_bytes(f) for f in fragments])
+        start = _compaction_run([_fragment_bytes(f) for f in fragments], biggest=max_bytes // 2)
         if start == len(fragments):
             return
-        rows = sum(f.metadata.num_rows for f in fragments[start:])
-        # Fragments before the run are left out; the target over the run's rows makes it
-        # one fragment. Lance keeps apart fragments that different indexes cover.
+        run = fragments[start:]
+        rows = sum(f.metadata.num_rows for f in run)
+        row_bytes = sum(_fragment_bytes(f) for f in run) / max(rows, 1)
+        # Fragments before the run are left out; the run becomes one fragment, or several of
+        # MAX_FRAGMENT_BYTES. Lance keeps apart fragments that different indexes cover.
         merged = dataset.optimize.compact_files(
-            target_rows_per_fragment=rows + 1,
+            target_rows_per_fragment=max(1, min(rows + 1, int(max_bytes / row_bytes))),
             excluded_fragment_ids=[f.fragment_id for f in fragments[:start]])
         if not merged.fragments_removed:
             return

@@ -32,7 +32,7 @@ from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
 from fusc_lib.store import Workdir, utc_now
 from fusc_lib.table_appender import TableAppender
-from jobs.ray_runtime import cluster_cpus, ray_for_job, read_for_actors
+from jobs.ray_runtime import IMAGE_READ_ROWS, cluster_cpus, ray_for_job, read_for_actors
 from schemas.tables import SCANS, embeddings_schema
 
 
@@ -124,7 +124,8 @@ def run_embed(workdir: Workdir, config: EmbedConfig, ray_address: str | None = N
 def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
                     pending: pa.ChunkedArray, summary: EmbedSummary, started: float) -> None:
     workers = config.concurrency or (1 if config.use_gpu else cluster_cpus())
-    dataset = (read_for_actors(workdir.table_uri(SCANS), ["image_id", "image"], workers)
+    dataset = (read_for_actors(workdir.table_uri(SCANS), ["image_id", "image"], workers,
+                               IMAGE_READ_ROWS)
                .map_batches(_EmbedActor,
                             fn_constructor_kwargs={"workdir_root": workdir.root, "model": model,
                                                    "views": config.views,

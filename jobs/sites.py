@@ -18,10 +18,11 @@ import pyarrow.compute as pc
 import ray
 
 from fusc_lib.layout import SITE_MODEL
+from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import NEEDS_STYLE, STYLE_WIDTH, resolve_sites, stored_style
+from fusc_lib.sites import NEEDS_STYLE, STYLE_WIDTH, resolve_sites, style_features
 from fusc_lib.store import Workdir
-from jobs.ray_runtime import ray_for_job
+from jobs.ray_runtime import IMAGE_READ_ROWS, ray_for_job
 from schemas.tables import SCANS, SITES
 
 
@@ -37,7 +38,7 @@ class SitesSummary:
 
 def style_columns(batch: pa.Table) -> pa.Table:
     """Ray Data batch function: `scans` rows -> image_id + (STYLE_WIDTH,) style vectors."""
-    features = [stored_style(None, image, width, height) for image, width, height in
+    features = [style_features(decode_png(image), width, height) for image, width, height in
                 zip(*(batch.column(c).to_pylist() for c in ("image", "width", "height")))]
     flat = np.stack(features) if features else np.zeros((0, STYLE_WIDTH), np.float32)
     return pa.table({"image_id": batch.column("image_id"),
@@ -49,7 +50,8 @@ def computed_styles(workdir: Workdir, count: int) -> dict[str, np.ndarray]:
     """Style vectors of the `count` scans whose stored `style` is missing or stale
     (`NEEDS_STYLE`), computed from their images by Ray Data: image_id -> (STYLE_WIDTH,)."""
     dataset = (ray.data.read_lance(workdir.table_uri(SCANS), filter=NEEDS_STYLE,
-                                   columns=["image_id", "image", "width", "height"])
+                                   columns=["image_id", "image", "width", "height"],
+                                   scanner_options={"batch_size": IMAGE_READ_ROWS})
                .map_batches(style_columns, batch_size=256, batch_format="pyarrow"))
     styles: dict[str, np.ndarray] = {}
     with progress_bar("style statistics", total=count, unit="scans") as advance:

@@ -43,7 +43,7 @@ from fusc_lib.ssl_training import (
     view_columns,
 )
 from fusc_lib.store import Workdir, by_embedding, rows_by_id
-from jobs.ray_runtime import cluster_cpus, ray_for_job
+from jobs.ray_runtime import IMAGE_READ_ROWS, cluster_cpus, ray_for_job
 from schemas.tables import NEIGHBORS, SCANS, SITES
 
 _SHUFFLE_BATCHES = 4  # local shuffle buffer, in batches (rows hold augmented views: keep small)
@@ -111,7 +111,8 @@ def _scan_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
         return _neighbour_rows(workdir, config)
     if config.method == "selflabel":
         return _site_rows(workdir, config)
-    return ray.data.read_lance(workdir.table_uri(SCANS), columns=["image"])
+    return ray.data.read_lance(workdir.table_uri(SCANS), columns=["image"],
+                               scanner_options={"batch_size": IMAGE_READ_ROWS})
 
 
 def _neighbour_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:

@@ -180,6 +180,29 @@ def test_compaction_merges_a_tail_of_like_fragments_and_leaves_the_big_ones():
     assert _compaction_run([2 ** 31] + [small] * fanout) == 1  # past the size cap: left alone
 
 
+def test_a_merge_writes_fragments_of_at_most_the_cap_and_leaves_them_alone_after(tmp_path):
+    """Ray Data reads a fragment per task, so a merge must not make fragments that grow with
+    the table: a run bigger than the cap is written as several fragments of about the cap."""
+    import lance
+
+    uri = str(tmp_path / "t.lance")
+    rng = np.random.default_rng(0)
+    for commit in range(2 * COMPACTION_FANOUT):  # 32 commits of 10 rows of 1 KB
+        rows = pa.table({"image_id": [f"{commit}-{i}" for i in range(10)],
+                         "image": [rng.bytes(1024) for _ in range(10)]})
+        lance.write_dataset(rows, uri, mode="append")
+    cap = 64 << 10  # 64 KiB: about 60 rows
+    upkeep = table_upkeep.Upkeep(fragments_before=2 * COMPACTION_FANOUT)
+    table_upkeep._compact(lance.dataset(uri), upkeep, max_bytes=cap)
+    dataset = lance.dataset(uri)
+    sizes = [table_upkeep._fragment_bytes(f) for f in dataset.get_fragments()]
+    assert upkeep.compactions >= 1 and 1 < len(sizes) < 2 * COMPACTION_FANOUT
+    assert max(sizes) < 2 * cap and dataset.count_rows() == 320  # the last takes the remainder
+    again = table_upkeep.Upkeep(fragments_before=len(sizes))
+    table_upkeep._compact(lance.dataset(uri), again, max_bytes=cap)
+    assert again.compactions == 0  # fragments of about the cap are not rewritten again
+
+
 def test_the_key_index_is_built_past_its_threshold_and_finds_rows_appended_after(tmp_path):
     store = Workdir(str(tmp_path / "w"))
     first = [f"old-{i:06d}" for i in range(KEY_INDEX_MIN_ROWS - 10)]
