@@ -26,9 +26,9 @@ from fusc_lib.preprocess import (
     encode_png,
 )
 from fusc_lib.privacy import hash_identifier
-from fusc_lib.sites import style_features
 from fusc_lib.sources import Source
 from fusc_lib.store import utc_now
+from fusc_lib.style import style_features
 from schemas.tables import QUARANTINE_SCHEMA, SCANS_SCHEMA
 
 OCR_BATCH_FRAMES = 16  # frames prepared together: one OCR batch, bounded memory for cine loops

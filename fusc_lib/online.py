@@ -26,8 +26,9 @@ from fusc_lib.layout import PREPROCESS
 from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
 from fusc_lib.preprocess import PreparedFrame, PreprocessConfig, Preprocessor
 from fusc_lib.review import review_state
-from fusc_lib.sites import site_of_new_scan, style_features
+from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir
+from fusc_lib.style import style_features
 from schemas.tables import ASSIGNMENTS, SCANS
 
 MAX_SIMILAR = 100

@@ -17,51 +17,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from fusc_lib.augment import fan_area
 from fusc_lib.layout import SITE_MODEL
-from fusc_lib.preprocess import decode_png
 from fusc_lib.store import Workdir
+from fusc_lib.style import STYLE_WIDTH
 
-HISTOGRAM_BINS = 16
 MAX_SITES = 10
 CENTERING_ROWS = 8_192  # rows a centring pass copies at once (84 MB in float64 at D = 1280)
 MIN_SCANS_PER_SITE = 5  # a smaller group would centre a handful of scans on themselves
 MIN_SILHOUETTE = 0.25  # below this, no split: one group
-STYLE_WIDTH = 2 + 9 + 3 + HISTOGRAM_BINS  # values in `style_features`' vector
 FRAME_SIZE = [0, 1]  # columns of `style_features`: log width, log height
 PIXEL_STYLE = list(range(2, STYLE_WIDTH))  # fan geometry, grey, texture, histogram
-# Rows of `scans` whose stored `style` must be computed (again): made before the column existed,
-# or by a `style_features` of another width. A Lance SQL filter.
-NEEDS_STYLE = f"style IS NULL OR array_length(style) != {STYLE_WIDTH}"
-
-
-def style_features(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Machine-style statistics of one stored scan (uint8 square, black outside the fan) and
-    its original frame size: what a hospital's machine decides, not what the probe points at.
-
-    Returns (STYLE_WIDTH,) float32: log width, log height, 9 fan-geometry values, mean grey,
-    grey spread and Laplacian texture (in [0, 1] of full scale), and the square roots of a
-    HISTOGRAM_BINS-bin grey histogram of the fan."""
-    fan = fan_area(image).astype(bool)
-    if not fan.any():
-        fan = np.ones_like(fan)
-    inside = image[fan]
-    histogram = np.histogram(inside, bins=HISTOGRAM_BINS, range=(0, 256))[0] / inside.size
-    rows, cols = np.nonzero(fan)
-    side = image.shape[0]
-    texture = np.abs(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F))[fan].mean()
-    geometry = [fan.mean(), rows.min() / side, rows.max() / side, cols.min() / side,
-                cols.max() / side, fan[rows.min()].mean(), fan[rows.max()].mean(),
-                fan[:, cols.min()].mean(), fan[:, cols.max()].mean()]
-    grey = [inside.mean() / 255, inside.std() / 255, texture / 255]
-    return np.asarray([np.log(width), np.log(height), *geometry, *grey,
-                       *np.sqrt(histogram)], dtype=np.float32)
 
 
 @dataclass
@@ -148,15 +118,6 @@ def resolve_sites(given: Sequence[str | None], features: np.ndarray, *, seed: in
 def site_name(group: int) -> str:
     """The site name of an inferred style group (as stored in the `sites` table)."""
     return f"style-{group}"
-
-
-def stored_style(style: Sequence[float] | None, image: bytes, width: int, height: int
-                 ) -> np.ndarray:
-    """A scan's style statistics from its `scans` row: the stored `style` where it has
-    STYLE_WIDTH values, else computed from the stored PNG `image` and original frame size."""
-    if style is not None and len(style) == STYLE_WIDTH:
-        return np.asarray(style, dtype=np.float32)
-    return style_features(decode_png(image), width, height)
 
 
 def site_of_new_scan(given: str | None, style: np.ndarray, site_model: SiteModel | None

@@ -22,6 +22,8 @@ _MIN_FAN_FRACTION = 0.02
 # and at least this fraction of its width under the largest piece's columns.
 _PIECE_FRACTION = 0.05
 _PIECE_OVERLAP = 0.7
+# Closing that puts back the small black pockets of fluid inside a stored fan (`fan_area`).
+_CLOSE_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
 
 
 def fan_mask(gray: np.ndarray) -> np.ndarray:
@@ -93,3 +95,13 @@ def crop_box(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
         return 0, 0, w, h
     return (max(0, int(xs.min()) - margin), max(0, int(ys.min()) - margin),
             min(w, int(xs.max()) + 1 + margin), min(h, int(ys.max()) + 1 + margin))
+
+
+def fan_area(image: np.ndarray) -> np.ndarray:
+    """uint8 HxW -> uint8 0/1 mask of the fan.
+
+    Preprocessing leaves exact black outside the fan (`fusc_lib.preprocess.clean_pixels`), so the
+    fan is the non-black area; a closing puts back the small black pockets of fluid inside it.
+    This costs well under a millisecond, against ~10 ms for a fresh `ultrasound.fan_mask`.
+    """
+    return cv2.morphologyEx((image > 0).astype(np.uint8), cv2.MORPH_CLOSE, _CLOSE_KERNEL)

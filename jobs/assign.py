@@ -22,8 +22,9 @@ import ray
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.id_sets import contains, sorted_ids
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import site_of_new_scan, stored_style
+from fusc_lib.sites import site_of_new_scan
 from fusc_lib.store import Workdir, rows_by_id, utc_now
+from fusc_lib.style import stored_style
 from fusc_lib.table_appender import TableAppender
 from jobs.ray_runtime import cluster_cpus, ray_for_job, read_for_actors
 from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS

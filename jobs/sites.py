@@ -20,8 +20,9 @@ import ray
 from fusc_lib.layout import SITE_MODEL
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import NEEDS_STYLE, STYLE_WIDTH, resolve_sites, style_features
+from fusc_lib.sites import resolve_sites
 from fusc_lib.store import Workdir
+from fusc_lib.style import NEEDS_STYLE, STYLE_WIDTH, style_features
 from jobs.ray_runtime import IMAGE_READ_ROWS, ray_for_job
 from schemas.tables import SCANS, SITES
 

@@ -12,8 +12,8 @@ from fusc_lib.sites import (
     SiteCentering,
     SiteModel,
     resolve_sites,
-    style_features,
 )
+from fusc_lib.style import style_features
 
 
 def _scans(data_dir, dataset: str, n: int) -> list[tuple[np.ndarray, int, int]]:
@@ -108,8 +108,8 @@ def test_ingest_stores_style_and_sites_computes_only_what_an_older_workdir_lacks
 
     from fusc_lib.config import IngestConfig
     from fusc_lib.preprocess import decode_png, workdir_preprocess
-    from fusc_lib.sites import STYLE_WIDTH
     from fusc_lib.store import Workdir
+    from fusc_lib.style import STYLE_WIDTH
     from jobs.ingest import run_ingest
     from jobs.sites import run_sites
     from schemas.tables import SCANS, SITES

@@ -22,7 +22,6 @@ from fusc_lib.augment import (
     DinoViews,
     EvalTransform,
     SimCLRViews,
-    fan_area,
     fan_share,
     sample_fan_crop,
 )
@@ -42,6 +41,7 @@ from fusc_lib.ssl_training import (
     view_columns,
 )
 from fusc_lib.store import Workdir
+from fusc_lib.ultrasound import fan_area
 from jobs.ingest import run_ingest
 from jobs.train_ssl import run_train_ssl
 from schemas.tables import SCANS

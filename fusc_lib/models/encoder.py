@@ -24,11 +24,12 @@ from fusc_lib.artifacts import (
     save_torch,
     write_bytes,
 )
-from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
+from fusc_lib.augment import EvalTransform, UltrasoundView
 from fusc_lib.config import EmbedConfig, default_of
 from fusc_lib.layout import BACKBONE_WEIGHTS, ENCODER_INFO
 from fusc_lib.models.backbones import IMAGENET, IMAGENET_WEIGHTS, RANDOM, Backbone, create_backbone
 from fusc_lib.store import Workdir
+from fusc_lib.ultrasound import fan_area
 
 # Model names: an SSL run of the workdir, or pretrained:<timm name>[@<input size>] (ImageNet).
 # Where a name is taken from the user, the folder of a run elsewhere is copied in (`adopt_run`).

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusc_lib.augment import UltrasoundView, fan_area
+from fusc_lib.augment import UltrasoundView
 from fusc_lib.config import SSLConfig
 from fusc_lib.losses import fusc_loss
 from fusc_lib.models.backbones import Backbone
 from fusc_lib.models.cluster_head import MultiHead
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
+from fusc_lib.ultrasound import fan_area
 
 HEAD_LR_SCALE = 100.0  # heads at 1e-2 when the backbone fine-tunes at 1e-4 (frozen mode's 1e-2)
 

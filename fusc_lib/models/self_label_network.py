@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusc_lib.artifacts import load_torch, save_torch
-from fusc_lib.augment import EvalTransform, UltrasoundView, fan_area
+from fusc_lib.augment import EvalTransform, UltrasoundView
 from fusc_lib.config import SSLConfig
 from fusc_lib.layout import HEAD_WEIGHTS
 from fusc_lib.losses import confidence_ce_loss
 from fusc_lib.models.backbones import Backbone
 from fusc_lib.models.ssl_method import SSLMethod, ViewMaker
 from fusc_lib.sites import SiteCentering
+from fusc_lib.ultrasound import fan_area
 
 # A predicted cluster with no confident member in a batch lends its most probable one, so an
 # unsure cluster is still taught and not emptied (the frozen stage lends 5 over all scans).
