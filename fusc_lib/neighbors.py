@@ -29,7 +29,8 @@ CALIBRATION_QUERIES = 500
 CALIBRATION_K = 20  # the recall is measured at this k (recall@20), whatever k is mined
 TRAIN_PER_LIST = 40  # faiss asks for ≥ 39 training points per list
 REFINE_FACTOR = 2  # IVF-SQ8 candidates per neighbour kept, re-ranked by exact inner product
-REFINE_ROWS = 256  # queries re-ranked at once: 256 × 2·21 × 1280 float32 = 55 MB
+REFINE_ROWS = 64  # queries re-ranked at once: 64 × 2·21 × 1280 float32 = 14 MB
+SEARCH_ROWS = 8_192  # queries the index searches at once: its per-query lists stay small
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def _train_ivf(x: np.ndarray, choice: IndexChoice, seed: int) -> faiss.Index:
     index = faiss.IndexIVFScalarQuantizer(quantizer, x.shape[1], choice.nlist,
                                           faiss.ScalarQuantizer.QT_8bit,
                                           faiss.METRIC_INNER_PRODUCT)
+    index.by_residual = False  # codes of the vectors themselves: no N_train × D residual copy
     index.cp.seed = seed
     index.cp.niter = 10  # k-means converges enough for routing; 25 iterations cost 2.5× the time
     if choice.gpu:
@@ -160,8 +162,22 @@ def _refined_search(index: faiss.Index, queries: np.ndarray, x: np.ndarray, k: i
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices), each (Q, k), of `queries` among the rows of `x` (the vectors
     `index` holds codes of): REFINE_FACTOR × k candidates from the index, re-ranked by exact
-    inner product, REFINE_ROWS queries at a time. A query short of candidates keeps index -1."""
-    candidates = index.search(queries, REFINE_FACTOR * k)[1]
+    inner product, SEARCH_ROWS queries at a time. A query short of candidates keeps index -1."""
+    similarities = np.empty((len(queries), k), dtype=np.float32)
+    indices = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), SEARCH_ROWS):
+        block = queries[start:start + SEARCH_ROWS]
+        candidates = index.search(block, REFINE_FACTOR * k)[1]
+        exact = _exact_products(block, candidates, x)
+        best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        similarities[start:start + len(block)] = np.take_along_axis(exact, best, axis=1)
+        indices[start:start + len(block)] = np.take_along_axis(candidates, best, axis=1)
+    return similarities, indices
+
+
+def _exact_products(queries: np.ndarray, candidates: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(Q, C) float32 inner products of each query with its candidate rows of `x`, -inf where
+    the index found none (-1), REFINE_ROWS queries at a time."""
     exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
     for start in range(0, len(queries), REFINE_ROWS):
         block = candidates[start:start + REFINE_ROWS]
@@ -169,8 +185,7 @@ def _refined_search(index: faiss.Index, queries: np.ndarray, x: np.ndarray, k: i
         rows = x[np.where(found, block, 0)]  # (rows, candidates, D)
         products = np.einsum("rd,rcd->rc", queries[start:start + len(block)], rows)
         exact[start:start + len(block)] = np.where(found, products, -np.inf)
-    best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(exact, best, axis=1), np.take_along_axis(candidates, best, axis=1)
+    return exact
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
