@@ -4,10 +4,11 @@ Vectors are L2-normalised float32, so inner product is cosine similarity. Up to 
 vectors the search is exact (`IndexFlatIP`, one BLAS product per block); above it an IVF index
 whose `nprobe` is calibrated on the data itself against exact search of a sample of queries,
 so the promised recall holds for the embeddings at hand rather than for a benchmark's. The IVF
-lists hold 8-bit codes (IVF-SQ8: D bytes per vector, a quarter of the vectors themselves), and
-their candidates are re-ranked by exact inner product with the vectors the caller holds anyway,
-so the search adds no second N × D float32 copy (at 50,000 × 1280 an IVF-Flat copy was 244 MiB,
-the most a neighbours stage held beyond the space itself).
+lists hold 8-bit codes of the vectors (IVF-SQ8: D bytes per vector, a quarter of the vectors
+themselves; not of their residuals, whose training would copy the sample once more), and their
+candidates are re-ranked by exact inner product with the vectors the caller holds anyway, so the
+search adds no second N × D float32 copy (at 50,000 × 1280 an IVF-Flat copy was 244 MiB), and
+queries go through in blocks, so what the search holds beside the space does not grow with N.
 Measurements behind the numbers: `bench/neighbors.py`.
 """
 

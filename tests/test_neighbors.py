@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusc_lib import neighbors
 from fusc_lib.neighbors import choose_index, mine_neighbors
 
 
@@ -31,14 +32,18 @@ def test_exact_path_equals_brute_force():
     assert (indices == expected_indices).mean() > 0.999  # ties may swap places
 
 
-def test_approximate_path_keeps_recall_above_target():
+def test_approximate_path_keeps_recall_above_target(monkeypatch):
+    monkeypatch.setattr(neighbors, "SEARCH_ROWS", 1_500)  # blocks of queries, the last one short
     x = unit_blobs(4000, 64, 20)
     assert choose_index(4000, exact_max=1000).kind == "ivf"
-    indices, _ = mine_neighbors(x, 20, exact_max=1000)
+    indices, similarities = mine_neighbors(x, 20, exact_max=1000)
     truth, _ = brute_force(x, 20)
     recall = np.mean([len(np.intersect1d(a, b)) / 20 for a, b in zip(indices, truth)])
     assert recall >= 0.95
     assert not (indices == np.arange(4000)[:, None]).any()
+    # the 8-bit codes only choose candidates: the similarities are the exact ones, best first
+    np.testing.assert_allclose(similarities, np.einsum("nd,nkd->nk", x, x[indices]), atol=1e-5)
+    assert (np.diff(similarities, axis=1) <= 1e-6).all()
 
 
 def test_unnormalised_input_gives_cosine_neighbours():
