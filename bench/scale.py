@@ -68,6 +68,7 @@ from fusc_lib.diagnostics import clustering_scores
 from fusc_lib.export import export_table, write_export
 from fusc_lib.labels import labels_of, load_labels
 from fusc_lib.layout import LANCEDB, RUN_EXPORT
+from fusc_lib.memory import release_freed_memory
 from fusc_lib.metrics import kmeans_clusters
 from fusc_lib.models.encoder import PRETRAINED_PREFIX, embedding_key, model_encoder
 from fusc_lib.preprocess import decode_png, workdir_preprocess
@@ -222,6 +223,7 @@ def measure(stage: str, work: Callable[[], object], store: Workdir, scans: int, 
     started = time.monotonic()
     with PeakRss(include_ray=True, own_only=True) as memory:
         result = work()
+    release_freed_memory()  # as `fusc run` does after each stage
     figure = StageFigure(stage, scans, views, engine, time.monotonic() - started,
                          getattr(result, "startup_seconds", None), memory.peak_bytes,
                          folder_bytes(store.path(LANCEDB)), os.getloadavg(), before[0],

@@ -20,7 +20,9 @@ from fusc_lib.sites import SiteCentering
 from fusc_lib.store import Workdir
 from schemas.tables import SITES
 
-EMBEDDING_BATCH_ROWS = 8_192  # rows read at a time into the (N, D) array
+# Rows read at a time into the (N, D) array: 10 MiB at D = 1280. Lance keeps a few batches'
+# buffers after the read, so larger batches leave more behind (8,192: +50 MiB at 50,000 rows).
+EMBEDDING_BATCH_ROWS = 2_048
 
 
 @dataclass

@@ -46,6 +46,7 @@ from fusc_lib.diagnostics import site_nmi
 from fusc_lib.export import export_table, write_export
 from fusc_lib.layout import RUN_EXPORT, SELF_LABEL_START, SSL_CONFIG
 from fusc_lib.ledger import StageLedger
+from fusc_lib.memory import release_freed_memory
 from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import backbone_of, embedding_key, is_trained, parse_embedding_key
 from fusc_lib.models.self_label_network import write_start
@@ -100,6 +101,7 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
             report = StageReport(name, True, 0.0, done or "inputs unchanged")
         else:
             report = StageReport(name, False, 0.0, work())
+            release_freed_memory()  # the next stage starts from what is used, not this peak
             if inputs is not None:
                 ledger.record(name, inputs)
         report.seconds = monotonic() - started
