@@ -1,6 +1,6 @@
 """Clustering quality of `fusc run` against view labels, beside k-means on the same embeddings.
 
-For each seed: a fresh workdir, the whole `fusc run` (ingest → SSL → embed → sites →
+For each seed: a fresh workdir, the whole `fusc run` (ingest → SSL → sites → embed →
 neighbors → cluster → self-label → assign) timed end to end with no labels and no site given;
 then, with the labels (used only to score): purity, NMI and Hungarian accuracy against `view`,
 the smallest cluster's share, and NMI against `site` and `device` where the labels name them
@@ -98,6 +98,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         for clusters in [args.clusters, *args.recluster]:
             started = time.monotonic()
             config = RunConfig(ingest={"paths": [str(images)]}, ssl=ssl, sites={"seed": seed},
+                               embed={"site_norms": args.site_norms},
                                cluster={"clusters": clusters, **network}, self_label=network)
             run_all(store, config)
             minutes = (time.monotonic() - started) / 60
@@ -135,6 +136,8 @@ def main() -> None:
                         help="also re-cluster the same workdir at these K")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--profile", default="quick")
+    parser.add_argument("--site-norms", action=argparse.BooleanOptionalAction, default=True,
+                        help="per-site BatchNorm statistics (AdaBN), as `fusc run --site-norms`")
     parser.add_argument("--method", default=None, help="SSL objective (default: the profile's)")
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],
                         help="`fusc run --cluster-mode`: network trains the backbone in the "

@@ -5,7 +5,7 @@ file a seeded random crop of one of them with a random gain and Gaussian noise, 
 PNG or JPEG at a random level/quality, so every file differs in bytes and in content (no scan
 is skipped as a duplicate); then runs, in a fresh workdir per N, the stages `fusc run
 --embedding pretrained:efficientnet_lite0` runs, called as `jobs/run.py` calls them: ingest →
-embed → sites → neighbours → cluster → self-label → assign → export. No SSL training: its cost
+sites → embed → neighbours → cluster → self-label → assign → export. No SSL training: its cost
 is bounded by its image budget, not by N (README, `fusc train-ssl`), so it is left out.
 
 Per stage and N: wall seconds and images/s (N / seconds; for ingest and embed also after their
@@ -254,8 +254,8 @@ def run_stages(workdir: str, images: Path, scans: int, views: int, engine: str,
 
     steps: list[tuple[str, Callable[[], object]]] = [
         ("ingest", lambda: run_ingest(store, IngestConfig(paths=[str(images)]), preprocess)),
-        ("embed", lambda: run_embed(store, embed)),
         ("sites", lambda: run_sites(store)),
+        ("embed", lambda: run_embed(store, embed)),
         ("neighbours", lambda: run_neighbors(store, NeighborsConfig(embedding=key))),
         ("cluster", cluster),
         ("self-label", lambda: self_label_flow(store, SelfLabelConfig(cluster_model=made[0]))),

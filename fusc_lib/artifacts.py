@@ -56,6 +56,13 @@ def exists(uri: str) -> bool:
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def remove(uri: str) -> None:
+    """Delete the file at `uri` if there is one."""
+    if exists(uri):
+        filesystem, path = resolve(uri)
+        filesystem.delete_file(path)
+
+
 def file_names(uri: str) -> list[str]:
     """Names of the files directly inside folder `uri` (sub-folders left out), sorted."""
     filesystem, path = resolve(uri)

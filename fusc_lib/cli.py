@@ -115,6 +115,7 @@ def embed(
     embedding: option(EmbedConfig, "embedding"),
     input_size: option(EmbedConfig, "input_size"),
     views: option(EmbedConfig, "views"),
+    site_norms: option(EmbedConfig, "site_norms"),
     batch_size: option(EmbedConfig, "batch_size"),
     concurrency: option(EmbedConfig, "concurrency"),
     use_gpu: option(EmbedConfig, "use_gpu"),
@@ -350,6 +351,7 @@ def run(
     ssl_images: option(RunConfig, "ssl.images", default=None),
     image_size: option(RunConfig, "ssl.image_size", default=None),
     views: option(RunConfig, "embed.views"),
+    site_norms: option(RunConfig, "embed.site_norms"),
     k: option(RunConfig, "neighbors.k"),
     cluster_epochs: option(RunConfig, "cluster.epochs"),
     cluster_mode: option(RunConfig, "cluster.mode"),
@@ -367,7 +369,7 @@ def run(
 ) -> None:
     """Run every stage on a folder of scans, from ingest to the exported clusters.
 
-    ingest → train-ssl → embed → sites → neighbors → cluster → self-label → assign → export,
+    ingest → train-ssl → sites → embed → neighbors → cluster → self-label → assign → export,
     all into one workdir. A stage whose inputs did not change is skipped, so running the same
     command again after an interruption continues where it stopped. Prints where the results
     are. The network modes of cluster and self-label train on the SSL profile's workers and
@@ -384,7 +386,8 @@ def run(
         network = {"workers": ssl.workers, "use_gpu": ssl.use_gpu, "seed": seed}
         config = RunConfig(
             ingest={"paths": paths, "manifest": manifest}, ssl=ssl, sites={"seed": seed},
-            embed={"embedding": embedding or model, "views": views}, neighbors={"k": k},
+            embed={"embedding": embedding or model, "views": views, "site_norms": site_norms},
+            neighbors={"k": k},
             cluster={"clusters": clusters, "epochs": cluster_epochs, "mode": cluster_mode,
                      "k": k, **network},
             self_label={"mode": self_label_mode or cluster_mode, **network} if self_label

@@ -10,6 +10,7 @@
                                         self-label runs also start.pt and head.pt
       models/cluster/<version>/         model.json, head.pt; models/cluster/current.json
       models/sites/site_model.json      the style groups `fusc sites` inferred
+      models/site-norms/<table>.pt      per-site BatchNorm statistics of an embedding key
       exports/assignments.csv           what `fusc run` exports
       reports/<version>/                metrics.json (`fusc evaluate`, schemas/metrics.py),
                                         labels.parquet (the labels it matched), report.html
@@ -30,6 +31,7 @@ SSL_RUNS = ("models", "ssl")
 CLUSTER_MODELS = ("models", "cluster")
 CURRENT_CLUSTER_MODEL = (*CLUSTER_MODELS, "current.json")
 SITE_MODEL = ("models", "sites", "site_model.json")
+SITE_NORMS = ("models", "site-norms")  # <embeddings table name>.pt (fusc_lib/models/site_norms)
 RUN_EXPORT = ("exports", "assignments.csv")
 REPORTS = "reports"
 THUMBS = (REPORTS, "thumbs")  # `fusc review`'s thumbnail cache: <side>/<id[:2]>/<id>.jpg

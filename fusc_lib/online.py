@@ -24,6 +24,7 @@ from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.io import BadInput, content_id, decode, frame_id
 from fusc_lib.layout import PREPROCESS
 from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
+from fusc_lib.models.site_norms import SiteNorms, site_norms_uri
 from fusc_lib.preprocess import PreparedFrame, PreprocessConfig, Preprocessor
 from fusc_lib.review import review_state
 from fusc_lib.sites import site_of_new_scan
@@ -104,7 +105,9 @@ class OnlineClusterer:
         if old is not None and old.model.embedding == model.embedding:
             return _Version(model, old.encoder, old.n_views)  # same embedding: keep the encoder
         name, n_views = parse_embedding_key(model.embedding)
-        return _Version(model, model_encoder(self.workdir, name, self.device).eval(), n_views)
+        encoder = model_encoder(self.workdir, name, self.device).eval()
+        encoder.site_norms = SiteNorms.load(site_norms_uri(self.workdir, model.embedding))
+        return _Version(model, encoder, n_views)
 
     def switch(self, version: str | None) -> bool:
         """Pin `version` (None: follow `current.json`); True if the served model changed."""
@@ -155,15 +158,15 @@ class OnlineClusterer:
             prepared = self._prepare([pixels for _, _, pixels, _ in opened])
             usable = [(item, p) for item, p in zip(opened, prepared)
                       if not isinstance(p, BadInput)]
+            sites = [self._site(site, p, pixels, version) for (_, _, pixels, site), p in usable]
             vectors = version.encoder.embed([p.pixels for _, p in usable],
                                             [image_id for (_, image_id, _, _), _ in usable],
-                                            version.n_views, self.device) if usable else []
+                                            version.n_views, self.device, sites) if usable else []
         for (index, _, _, _), p in zip(opened, prepared):
             if isinstance(p, BadInput):
                 results[index] = p
-        for ((index, image_id, pixels, site), p), vector in zip(usable, vectors):
-            results[index] = EmbeddedScan(image_id, vector, self._site(site, p, pixels, version),
-                                          p.pseudo_view, version)
+        for ((index, image_id, _, _), p), site, vector in zip(usable, sites, vectors):
+            results[index] = EmbeddedScan(image_id, vector, site, p.pseudo_view, version)
         return results
 
     def first_frame(self, request: ScanRequest) -> tuple[str, np.ndarray, str | None]:

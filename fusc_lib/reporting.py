@@ -57,6 +57,17 @@ def embedded(summary) -> None:
     say(f"model {summary.embedding_key}: {summary.embedded} scans embedded, "
         f"{summary.already_done} already had a vector ({summary.seconds:.1f} s)"
         + ("; vector index built" if summary.indexed else ""))
+    if summary.embedded:
+        say(site_norms_line(summary.site_norms, summary.site_norms_fitted))
+
+
+def site_norms_line(sites: list[str], fitted: bool) -> str:
+    """What the vectors were normalised with inside the network (AdaBN)."""
+    if not sites:
+        return ("BatchNorm statistics: the network's own (per-site statistics need `fusc sites` "
+                "before an embedding's first vector)")
+    how = "fitted now" if fitted else "stored with the embedding"
+    return f"BatchNorm statistics per site ({how}): {len(sites)} sites, {', '.join(sites[:10])}"
 
 
 def trained(summary: dict, store, labels: list[Path] | None) -> None:

@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from fusc_lib.layout import SITE_MODEL
 from fusc_lib.store import Workdir
-from fusc_lib.style import STYLE_WIDTH
+from fusc_lib.style import STYLE_WIDTH, stored_style
 
 MAX_SITES = 10
 CENTERING_ROWS = 8_192  # rows a centring pass copies at once (84 MB in float64 at D = 1280)
@@ -130,6 +131,17 @@ def site_of_new_scan(given: str | None, style: np.ndarray, site_model: SiteModel
     if site_model is None:
         return None
     return site_name(int(site_model.predict(style)[0]))
+
+
+SCAN_SITE_COLUMNS = ["site", "style", "image", "width", "height"]  # what a scan's site needs
+
+
+def sites_of_scan_rows(rows: pa.Table, site_model: SiteModel | None) -> list[str | None]:
+    """`site_of_new_scan` of each `scans` row of `rows` (SCAN_SITE_COLUMNS), the style read
+    from the row (`stored_style`)."""
+    columns = (rows.column(name).to_pylist() for name in SCAN_SITE_COLUMNS)
+    return [site_of_new_scan(site, stored_style(style, image, width, height), site_model)
+            for site, style, image, width, height in zip(*columns)]
 
 
 @dataclass

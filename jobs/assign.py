@@ -22,9 +22,8 @@ import ray
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.id_sets import contains, sorted_ids
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import site_of_new_scan
+from fusc_lib.sites import SCAN_SITE_COLUMNS, sites_of_scan_rows
 from fusc_lib.store import Workdir, rows_by_id, utc_now
-from fusc_lib.style import stored_style
 from fusc_lib.table_appender import TableAppender
 from jobs.ray_runtime import cluster_cpus, ray_for_job, read_for_actors
 from schemas.tables import ASSIGNMENTS, DUPLICATES, SCANS
@@ -67,11 +66,9 @@ class _AssignActor:
         return assignment_rows(ids, probabilities, self.model.version)
 
     def _sites_of_new_scans(self, image_ids: list[str]) -> dict[str, str | None]:
-        rows = rows_by_id(self.scans_uri, image_ids, ["image_id", "site", "style", "image",
-                                                      "width", "height"])
-        return {image_id: site_of_new_scan(site, stored_style(*style_of), self.model.site_model)
-                for image_id, site, *style_of in zip(
-                    *(rows.column(name).to_pylist() for name in rows.column_names))}
+        rows = rows_by_id(self.scans_uri, image_ids, ["image_id", *SCAN_SITE_COLUMNS])
+        return dict(zip(rows.column("image_id").to_pylist(),
+                        sites_of_scan_rows(rows, self.model.site_model)))
 
 
 def assignment_rows(image_ids: list[str], probabilities: np.ndarray, version: str) -> pa.Table:

@@ -1,7 +1,7 @@
 """The flows: every place where one job's result feeds another, so each job stays one stage.
 
 `fusc run` (`run_all`): every stage in order into one workdir, skipping what is already done.
-ingest → train-ssl → embed → sites → neighbors → cluster → self-label → assign → export.
+ingest → train-ssl → sites → embed → neighbors → cluster → self-label → assign → export.
 Ingest, embed and assign are incremental by themselves (they do only the scans not done yet).
 The other stages record their inputs in the ledger (`fusc_lib/ledger.py`) when they finish,
 and are skipped while those are unchanged; so a killed run, run again, continues with the
@@ -121,9 +121,9 @@ def run_all(workdir: Workdir, config: RunConfig, ray_address: str | None = None,
         stage("train-ssl", lambda: _train_ssl(workdir, config.ssl, ray_address),
               done=f"model {config.ssl.run} trained" if is_trained(workdir, config.ssl.run) else "")
     embedding = embedding_key(model, config.embed.views)
-    stage("embed", lambda: _embed(workdir, model, config, ray_address))
     stage("sites", lambda: _sites(workdir, config, ray_address),
           {"scans": _version(workdir, SCANS), "seed": config.sites.seed})
+    stage("embed", lambda: _embed(workdir, model, config, ray_address))
     neighbors = config.neighbors.model_copy(update={"embedding": embedding})
     stage("neighbors", lambda: _neighbors(workdir, neighbors),
           {"embeddings": _embedding_rows(workdir, embedding), "sites": _version(workdir, SITES),
@@ -199,7 +199,8 @@ def _train(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> tuple[d
 def _embed(workdir: Workdir, model: str, config: RunConfig, ray_address: str | None) -> str:
     embed = config.embed.model_copy(update={"embedding": model})
     result = run_embed(workdir, embed, ray_address)
-    return f"{result.embedded} embedded, {result.already_done} already done"
+    return (f"{result.embedded} embedded, {result.already_done} already done; "
+            f"{len(result.site_norms)} sites with their own BatchNorm statistics")
 
 
 def _sites(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:

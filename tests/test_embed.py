@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from fusc_lib.artifacts import exists
 from fusc_lib.clustering_space import (
     EMBEDDING_BATCH_ROWS,
     clustering_space,
@@ -18,11 +19,15 @@ from fusc_lib.clustering_space import (
 from fusc_lib.config import EmbedConfig
 from fusc_lib.id_sets import contains, sorted_ids
 from fusc_lib.ingest import IngestConfig
-from fusc_lib.preprocess import workdir_preprocess
-from fusc_lib.store import Workdir
-from jobs.embed import embedding_rows, ensure_vector_index, run_embed
+from fusc_lib.models.encoder import model_encoder
+from fusc_lib.models.site_norms import SiteNorms, site_norms_uri
+from fusc_lib.preprocess import decode_png, workdir_preprocess
+from fusc_lib.sites import SCAN_SITE_COLUMNS, load_site_model, sites_of_scan_rows
+from fusc_lib.store import Workdir, rows_by_id
+from jobs.embed import embedding_rows, ensure_vector_index, resolve_model, run_embed
 from jobs.ingest import run_ingest
-from schemas.tables import LEGACY_EMBEDDINGS, embeddings_table_name
+from jobs.sites import run_sites
+from schemas.tables import LEGACY_EMBEDDINGS, SCANS, embeddings_table_name
 
 MODEL = "pretrained:efficientnet_lite0"
 
@@ -177,3 +182,33 @@ def test_embeddings_load_in_id_order_from_many_fragments_and_batches(tmp_path):
     assert got_ids == sorted(ids)
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     assert np.array_equal(got, vectors[[row_of[i] for i in got_ids]])
+
+
+def test_site_statistics_are_fitted_once_per_embedding_and_used_for_later_scans(
+        scans_workdir, data_dir):
+    store, folder = scans_workdir
+    run_sites(store)
+    sites = sorted(set(store.site_of().values()))
+    config = EmbedConfig(embedding=MODEL, input_size=64, views=2, batch_size=5)
+    first = run_embed(store, config)
+    assert first.site_norms == sites and first.site_norms_fitted
+    plain = run_embed(store, config.model_copy(update={"views": 1, "site_norms": False}))
+    assert plain.site_norms == [] and not exists(site_norms_uri(store, plain.embedding_key))
+
+    for path in sorted((data_dir / "hc18" / "images").glob("*.png"))[:3]:  # since `fusc sites`
+        shutil.copy(path, folder / path.name)
+    run_ingest(store, IngestConfig(paths=[str(folder)]), workdir_preprocess(store))
+    later = run_embed(store, config)
+    assert later.embedded == 3 and later.site_norms == sites and not later.site_norms_fitted
+
+    new_ids = sorted(set(store.column(SCANS, "image_id").to_pylist()) - set(store.site_of()))
+    rows = rows_by_id(store.table_uri(SCANS), new_ids, ["image_id", *SCAN_SITE_COLUMNS])
+    encoder = model_encoder(store, resolve_model(store, MODEL, 64))
+    images = [decode_png(data) for data in rows.column("image").to_pylist()]
+    ids = rows.column("image_id").to_pylist()
+    plain_vectors = encoder.embed(images, ids, 2)
+    encoder.site_norms = SiteNorms.load(site_norms_uri(store, later.embedding_key))
+    expected = encoder.embed(images, ids, 2, sites=sites_of_scan_rows(rows, load_site_model(store)))
+    stored = dict(zip(*_vectors(store, later.embedding_key)))
+    np.testing.assert_allclose(np.stack([stored[i] for i in ids]), expected, atol=1e-5)
+    assert np.abs(expected - plain_vectors).max() > 1e-3

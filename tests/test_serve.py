@@ -26,6 +26,7 @@ from fusc_lib.cli import app
 from fusc_lib.cluster_model import ClusterModel, current_version
 from fusc_lib.config import RunConfig
 from fusc_lib.layout import CURRENT_CLUSTER_MODEL
+from fusc_lib.models.site_norms import SiteNorms, site_norms_uri
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.review import Decision, record
 from fusc_lib.store import Workdir
@@ -104,6 +105,8 @@ def test_online_cluster_is_the_offline_assignment(workdir, url):
                 **({"files": {"file": (path.name, path.read_bytes(), "image/png")}} if multipart
                    else {"data": path.read_bytes()})))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    norms = SiteNorms.load(site_norms_uri(store, ClusterModel.load(store, version).embedding))
+    assert norms is not None and norms.sites  # offline and served alike: per-site statistics
     for answer in map(requests.Response.json, answers):
         row = offline[answer["image_id"]]
         assert answer["cluster_id"] == row["cluster_id"] and answer["model_version"] == version

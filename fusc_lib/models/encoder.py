@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from fusc_lib.augment import EvalTransform, UltrasoundView
 from fusc_lib.config import EmbedConfig, default_of
 from fusc_lib.layout import BACKBONE_WEIGHTS, ENCODER_INFO
 from fusc_lib.models.backbones import IMAGENET, IMAGENET_WEIGHTS, RANDOM, Backbone, create_backbone
+from fusc_lib.models.site_norms import SiteNorms, rows_by_site
 from fusc_lib.store import Workdir
 from fusc_lib.ultrasound import fan_area
 
@@ -51,6 +53,7 @@ class Encoder(nn.Module):
         self.input_size = input_size
         self.transform = EvalTransform(input_size, backbone.mean, backbone.std)
         self.test_view = UltrasoundView(input_size, backbone.mean, backbone.std, **TEST_VIEW)
+        self.site_norms: SiteNorms | None = None  # per-site BatchNorm statistics, when used
 
     @property
     def dim(self) -> int:
@@ -65,7 +68,8 @@ class Encoder(nn.Module):
         return F.normalize(self.backbone(batch).float(), dim=1)
 
     def embed(self, images: list[np.ndarray], image_ids: list[str], n_views: int = 1,
-              device: str | torch.device = "cpu") -> np.ndarray:
+              device: str | torch.device = "cpu", sites: Sequence[str | None] | None = None
+              ) -> np.ndarray:
         """(N, dim) unit vectors: the eval view, or the mean over it and `n_views - 1` mild
         augmented views (fan crops, flips, small rotations, light machine style).
 
@@ -73,14 +77,32 @@ class Encoder(nn.Module):
         averages away where the crop fell; it was the largest single lift in the measurements
         (../shared/reference/clustering-measurements.md). The views of a scan are drawn from a
         generator seeded by its id, so offline embedding and online serving agree exactly.
+        With `site_norms` and the scans' `sites`, each site's scans go through the backbone
+        with that site's BatchNorm statistics (AdaBN, `fusc_lib.models.site_norms`).
         """
-        batch = torch.stack([view for image, image_id in zip(images, image_ids)
-                             for view in self._views(image, image_id, n_views)])
+        if self.site_norms is None or sites is None:
+            return self._embed(images, image_ids, n_views, device)
+        vectors = np.empty((len(images), self.dim), np.float32)
+        for site, rows in rows_by_site(sites).items():
+            with self.site_norms.applied(self.backbone, site):
+                vectors[rows] = self._embed([images[r] for r in rows],
+                                            [image_ids[r] for r in rows], n_views, device)
+        return vectors
+
+    def _embed(self, images: list[np.ndarray], image_ids: list[str], n_views: int,
+               device: str | torch.device) -> np.ndarray:
+        batch = self.views_of(images, image_ids, n_views)
         with torch.inference_mode():  # in chunks: 64 scans x 20 views would hold GBs at once
             vectors = torch.cat([self(chunk.to(device)).float().cpu()
                                  for chunk in batch.split(FORWARD_CHUNK)])
         mean = vectors.view(len(images), n_views, -1).mean(dim=1)
         return F.normalize(mean, dim=1).numpy()
+
+    def views_of(self, images: list[np.ndarray], image_ids: list[str], n_views: int
+                 ) -> torch.Tensor:
+        """(N · n_views, 3, S, S): each scan's eval view, then its `n_views - 1` seeded views."""
+        return torch.stack([view for image, image_id in zip(images, image_ids)
+                            for view in self._views(image, image_id, n_views)])
 
     def _views(self, image: np.ndarray, image_id: str, n_views: int) -> list[torch.Tensor]:
         views = [self.transform(image)]
