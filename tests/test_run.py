@@ -73,7 +73,7 @@ def finished(tmp_path_factory, data_dir, ray_session):
 
 def test_run_assigns_every_scan_once_and_exports_them(finished):
     store, _, summary, reports = finished
-    assert [r.stage for r in reports] == ["ingest", "embed", "sites", "neighbors", "cluster",
+    assert [r.stage for r in reports] == ["ingest", "sites", "embed", "neighbors", "cluster",
                                           "self-label", "assign", "export"]
     scans = store.table(SCANS).count_rows()
     assigned = store.table(ASSIGNMENTS).to_arrow()
@@ -150,7 +150,8 @@ def test_export_writes_parquet_and_refuses_unknown_formats(finished, tmp_path):
 
 
 def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, data_dir, ray_session):
-    """SIGKILL a real `fusc run` once SSL and embedding are done; the rerun skips SSL."""
+    """SIGKILL a real `fusc run` once SSL, sites and embedding are done (the neighbours stage
+    recorded); the rerun skips SSL and embeds nothing again."""
     folder = _archive(data_dir, tmp_path / "in", per_set=6)
     store = _tiny_workdir(tmp_path / "w")
     command = [sys.executable, "-m", "fusc_lib", "run", str(folder), "--clusters", "3",
@@ -159,12 +160,12 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, data_dir, 
                "--ray-address", ray_session.get_runtime_context().gcs_address]
     process = subprocess.Popen(command, cwd=Path(__file__).parents[1],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sites_stamp = Path(store.root) / "stages" / "sites.json"
+    stamp = Path(store.root) / "stages" / "neighbors.json"
     deadline = time.monotonic() + 900  # a loaded 2-core machine took over 300 s to get there
-    while time.monotonic() < deadline and process.poll() is None and not sites_stamp.exists():
+    while time.monotonic() < deadline and process.poll() is None and not stamp.exists():
         time.sleep(0.1)
     assert process.poll() is None, "the run ended before it could be killed"
-    assert sites_stamp.exists(), "the run did not reach the sites stage in time"
+    assert stamp.exists(), "the run did not get past the neighbours stage in time"
     process.send_signal(signal.SIGKILL)
     process.wait()
     run_dir = Path(store.ssl_run_dir(SSLConfig().run))
