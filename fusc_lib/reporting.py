@@ -64,8 +64,8 @@ def embedded(summary) -> None:
 def site_norms_line(sites: list[str], fitted: bool) -> str:
     """What the vectors were normalised with inside the network (AdaBN)."""
     if not sites:
-        return ("BatchNorm statistics: the network's own (per-site statistics need `fusc sites` "
-                "before an embedding's first vector)")
+        return ("BatchNorm statistics: the network's own (per-site ones need --site-norms and "
+                "`fusc sites` run before the embedding's first vector)")
     how = "fitted now" if fitted else "stored with the embedding"
     return f"BatchNorm statistics per site ({how}): {len(sites)} sites, {', '.join(sites[:10])}"
 
