@@ -29,7 +29,7 @@ import numpy as np
 
 from fusc_lib.cluster_model import ClusterModel
 from fusc_lib.clustering_space import clustering_space
-from fusc_lib.config import RunConfig, SSLConfig
+from fusc_lib.config import EmbedConfig, RunConfig, SSLConfig, default_of
 from fusc_lib.diagnostics import assigned_clusters, clustering_scores
 from fusc_lib.labels import labels_of, load_labels
 from fusc_lib.metrics import kmeans_clusters
@@ -136,7 +136,8 @@ def main() -> None:
                         help="also re-cluster the same workdir at these K")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--site-norms", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--site-norms", action=argparse.BooleanOptionalAction,
+                        default=default_of(EmbedConfig, "site_norms"),
                         help="per-site BatchNorm statistics (AdaBN), as `fusc run --site-norms`")
     parser.add_argument("--method", default=None, help="SSL objective (default: the profile's)")
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],

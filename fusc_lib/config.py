@@ -122,7 +122,7 @@ class EmbedConfig(BaseModel):
                             "runs use their own).")
     views: int = Field(1, ge=1, le=64, description="Views averaged per scan: 1 = the plain "
                        "image; more add seeded augmented views (what clustering uses).")
-    site_norms: bool = Field(True, description="Per-site BatchNorm statistics (AdaBN): each "
+    site_norms: bool = Field(False, description="Per-site BatchNorm statistics (AdaBN): each "
                              "site's scans are normalised inside the network with statistics "
                              "of that site's own scans, fitted once per embedding from the "
                              "sites of `fusc sites` (run it first; without sites, or for an "

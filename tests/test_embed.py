@@ -189,7 +189,7 @@ def test_site_statistics_are_fitted_once_per_embedding_and_used_for_later_scans(
     store, folder = scans_workdir
     run_sites(store)
     sites = sorted(set(store.site_of().values()))
-    config = EmbedConfig(embedding=MODEL, input_size=64, views=2, batch_size=5)
+    config = EmbedConfig(embedding=MODEL, input_size=64, views=2, batch_size=5, site_norms=True)
     first = run_embed(store, config)
     assert first.site_norms == sites and first.site_norms_fitted
     plain = run_embed(store, config.model_copy(update={"views": 1, "site_norms": False}))

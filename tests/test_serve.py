@@ -64,7 +64,8 @@ def workdir(tmp_path_factory, data_dir, ray_session) -> tuple[Workdir, Path]:
     workdir_preprocess(store, {"ocr_engine": "none", "image_size": 64})
     archive = _archive(data_dir, root / "in")
     run_all(store, RunConfig(ingest={"paths": [str(archive)]}, neighbors={"k": 5},
-                             embed={"embedding": "pretrained:efficientnet_lite0", "views": 2},
+                             embed={"embedding": "pretrained:efficientnet_lite0", "views": 2,
+                                    "site_norms": True},
                              cluster={"clusters": 3, "heads": 3, "epochs": 20, "k": 5}))
     return store, archive
 
