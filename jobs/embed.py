@@ -110,10 +110,11 @@ class _EmbedActor:
         if self.encoder.site_norms is None:
             return None
         ids = batch.column("image_id").to_pylist()
-        if all(i in self.sites for i in ids):
-            return [self.sites[i] for i in ids]
-        inferred = sites_of_scan_rows(batch, self.site_model)
-        return [self.sites.get(i, site) for i, site in zip(ids, inferred)]
+        unseen = [row for row, image_id in enumerate(ids) if image_id not in self.sites]
+        inferred = dict(zip((ids[row] for row in unseen),
+                            sites_of_scan_rows(batch.take(pa.array(unseen, pa.int64())),
+                                               self.site_model)))
+        return [self.sites[i] if i in self.sites else inferred[i] for i in ids]
 
 
 def embedding_rows(image_ids: pa.ChunkedArray, key: str, vectors: np.ndarray) -> pa.Table:
@@ -198,8 +199,8 @@ def _stream_vectors(workdir: Workdir, config: EmbedConfig, model: str,
                     pending: pa.ChunkedArray, summary: EmbedSummary, started: float) -> None:
     workers = config.concurrency or (1 if config.use_gpu else cluster_cpus())
     sites = workdir.site_of() if summary.site_norms else {}
-    dataset = (read_for_actors(workdir.table_uri(SCANS), ["image_id", *SCAN_SITE_COLUMNS],
-                               workers, IMAGE_READ_ROWS)
+    columns = ["image_id", *SCAN_SITE_COLUMNS] if summary.site_norms else ["image_id", "image"]
+    dataset = (read_for_actors(workdir.table_uri(SCANS), columns, workers, IMAGE_READ_ROWS)
                .map_batches(_EmbedActor,
                             fn_constructor_kwargs={"workdir_root": workdir.root, "model": model,
                                                    "views": config.views,
