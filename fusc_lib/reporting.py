@@ -67,7 +67,8 @@ def site_norms_line(sites: list[str], fitted: bool) -> str:
         return ("BatchNorm statistics: the network's own (per-site ones need --site-norms and "
                 "`fusc sites` run before the embedding's first vector)")
     how = "fitted now" if fitted else "stored with the embedding"
-    return f"BatchNorm statistics per site ({how}): {len(sites)} sites, {', '.join(sites[:10])}"
+    shown = ", ".join(sites[:10]) + (", …" if len(sites) > 10 else "")
+    return f"BatchNorm statistics per site ({how}): {len(sites)} site(s): {shown}"
 
 
 def trained(summary: dict, store, labels: list[Path] | None) -> None:
