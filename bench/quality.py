@@ -23,6 +23,8 @@ import csv
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +89,7 @@ def score(store: Workdir, labels: Path, devices: Path | None, clusters: np.ndarr
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
-    with tempfile.TemporaryDirectory(prefix="fusc-quality-") as root:
+    with workdir_root(args.keep, seed) as root:
         images, labels = dataset_folder(args.dataset, Path(root))
         devices = device_labels(labels, Path(root))
         store = Workdir(f"{root}/w")
@@ -113,6 +115,19 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
                     store, labels, devices, kmeans_clusters(vectors, clusters, seed),
                     space.image_ids)
     return results
+
+
+@contextmanager
+def workdir_root(keep: Path | None, seed: int) -> Iterator[str]:
+    """A temporary folder for one seed's images and workdir, or `keep`/seed-S, kept for later
+    probes (`bench.heads --workdir keep/seed-S/w`). Raises FileExistsError when it exists."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="fusc-quality-") as root:
+            yield root
+        return
+    root = keep / f"seed-{seed}"
+    root.mkdir(parents=True)
+    yield str(root)
 
 
 def summarise(runs: list[dict[str, dict]]) -> None:
@@ -143,6 +158,9 @@ def main() -> None:
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],
                         help="`fusc run --cluster-mode`: network trains the backbone in the "
                              "cluster and self-label stages too (about 8 minutes more on CPU)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each seed's images and workdir in KEEP/seed-S (default: "
+                             "temporary folders, removed)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
