@@ -93,7 +93,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         images, labels = dataset_folder(args.dataset, Path(root))
         devices = device_labels(labels, Path(root))
         store = Workdir(f"{root}/w")
-        ssl = SSLConfig.from_profile(args.profile, seed=seed, method=args.method)
+        ssl = SSLConfig.from_profile(args.profile, seed=seed, method=args.method,
+                                     images=args.ssl_images, epochs=args.ssl_epochs)
         network = {"mode": args.cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
                    "seed": seed}  # as `fusc run --seed S --cluster-mode M` sets them
         results: dict[str, dict] = {}
@@ -155,6 +156,10 @@ def main() -> None:
                         default=default_of(EmbedConfig, "site_norms"),
                         help="per-site BatchNorm statistics (AdaBN), as `fusc run --site-norms`")
     parser.add_argument("--method", default=None, help="SSL objective (default: the profile's)")
+    parser.add_argument("--ssl-images", type=int, default=None,
+                        help="SSL budget in images seen (default: the profile's)")
+    parser.add_argument("--ssl-epochs", type=int, default=None,
+                        help="SSL passes at most (default: the profile's)")
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],
                         help="`fusc run --cluster-mode`: network trains the backbone in the "
                              "cluster and self-label stages too (about 8 minutes more on CPU)")
@@ -168,10 +173,12 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(
             f"{variant} CP {scores['purity']:.3f} NMI {scores['nmi']:.3f}"
             for variant, scores in runs[-1].items()), flush=True)
-    ssl_default = SSLConfig.from_profile(args.profile).method
+    ssl = SSLConfig.from_profile(args.profile, method=args.method, images=args.ssl_images,
+                                 epochs=args.ssl_epochs)
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
-          f"{args.seeds}, profile {args.profile}, method {args.method or ssl_default}, "
-          f"cluster mode {args.cluster_mode} (labels used only to score)")
+          f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images, at "
+          f"most {ssl.epochs} epochs), site norms {args.site_norms}, cluster mode "
+          f"{args.cluster_mode} (labels used only to score)")
     summarise(runs)
 
 
