@@ -229,15 +229,15 @@ def test_dino_with_a_small_vit_one_epoch(workdir, ray_session):
 
 
 def test_the_budget_bounds_images_seen_whatever_the_archive_size():
-    quick = SSLConfig()  # 30 passes at most, 6,000 images at most, batch 32
+    quick = SSLConfig()  # 60 passes at most, 12,000 images at most, batch 32
     small, medium, large = (TrainingPlan.of(quick, n) for n in (200, 600, 10_000_000))
-    assert (small.epochs, small.steps_per_epoch, small.sampled) == (30, 6, 1.0)  # 5,760 seen
-    assert (medium.epochs, medium.steps_per_epoch, medium.sampled) == (10, 18, 1.0)
-    # the budget, not the archive: 10 epochs (checkpoints) of a fresh sample of 600 scans
-    assert (large.epochs, large.steps_per_epoch) == (10, 18)
-    assert 600 / 10_000_000 < large.sampled < 1.2 * 600 / 10_000_000
+    assert (small.epochs, small.steps_per_epoch, small.sampled) == (60, 6, 1.0)  # 11,520 seen
+    assert (medium.epochs, medium.steps_per_epoch, medium.sampled) == (20, 18, 1.0)
+    # the budget, not the archive: 10 epochs (checkpoints) of a fresh sample of 1,200 scans
+    assert (large.epochs, large.steps_per_epoch) == (10, 37)
+    assert 1_200 / 10_000_000 < large.sampled < 1.2 * 1_200 / 10_000_000
     unbounded = TrainingPlan.of(quick.model_copy(update={"images": None}), 10_000)
-    assert (unbounded.epochs, unbounded.steps_per_epoch) == (30, 312)
+    assert (unbounded.epochs, unbounded.steps_per_epoch) == (60, 312)
     with pytest.raises(ValueError, match="cannot fill one batch"):
         TrainingPlan.of(quick, 20)
 
