@@ -93,8 +93,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         images, labels = dataset_folder(args.dataset, Path(root))
         devices = device_labels(labels, Path(root))
         store = Workdir(f"{root}/w")
-        ssl = SSLConfig.from_profile(args.profile, seed=seed, method=args.method,
-                                     images=args.ssl_images, epochs=args.ssl_epochs)
+        ssl = ssl_config(args, seed)
         network = {"mode": args.cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
                    "seed": seed}  # as `fusc run --seed S --cluster-mode M` sets them
         results: dict[str, dict] = {}
@@ -116,6 +115,12 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
                     store, labels, devices, kmeans_clusters(vectors, clusters, seed),
                     space.image_ids)
     return results
+
+
+def ssl_config(args: argparse.Namespace, seed: int | None = None) -> SSLConfig:
+    """The SSL options of the runs: the profile's, with those the command line gives."""
+    return SSLConfig.from_profile(args.profile, seed=seed, method=args.method,
+                                  images=args.ssl_images, epochs=args.ssl_epochs)
 
 
 @contextmanager
@@ -173,8 +178,7 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(
             f"{variant} CP {scores['purity']:.3f} NMI {scores['nmi']:.3f}"
             for variant, scores in runs[-1].items()), flush=True)
-    ssl = SSLConfig.from_profile(args.profile, method=args.method, images=args.ssl_images,
-                                 epochs=args.ssl_epochs)
+    ssl = ssl_config(args)
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images, at "
           f"most {ssl.epochs} epochs), site norms {args.site_norms}, cluster mode "
