@@ -70,13 +70,18 @@ IMAGENET_WEIGHTS: dict[str, LocalWeights] = {
 
 
 class Backbone(nn.Module):
-    """A timm feature extractor with the normalisation its weights expect: images -> (N, dim)."""
+    """A timm feature extractor with the normalisation its weights expect: images -> (N, dim).
+
+    Weights and inputs are kept channels-last (NHWC), as timm's `--channels-last` does: on CPU
+    the convolutions then run 1.4x (inference) to 1.7x (training) faster
+    (`bench/channels_last.py`); the numbers are the same up to float rounding.
+    """
 
     def __init__(self, name: str, net: nn.Module, mean: tuple[float, ...],
                  std: tuple[float, ...]):
         super().__init__()
         self.name = name
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last)
         self.mean = tuple(mean)
         self.std = tuple(std)
 
@@ -85,7 +90,7 @@ class Backbone(nn.Module):
         return self.net.num_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(images.contiguous(memory_format=torch.channels_last))
 
 
 def create_backbone(name: str, init: str = IMAGENET, image_size: int | None = None) -> Backbone:
