@@ -1,7 +1,8 @@
 """Embedding and SSL-training benchmark: the `fusc embed` pipeline against the bare model.
 
 Prints, in one run on this machine: bare batched forward images/s of the backbone on prepared
-tensors (all cores, in this process), the `fusc embed` pipeline's images/s over a `scans` table of
+tensors (all cores, in this process), the backbone's training step and forward with NCHW
+(contiguous) against channels-last (NHWC) memory, the `fusc embed` pipeline's images/s over a `scans` table of
 the shared real images copied a few times (start-up included), their ratio, and SSL training
 images/s (quick profile) with 1 and 2 Ray Train workers.
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
 
+import timm
 import torch
 
 from bench.ingest import make_archive
@@ -44,6 +46,36 @@ def bare_forward_rate(backbone: str, size: int, images: list, batch_size: int) -
     return len(images) / (time.monotonic() - started)
 
 
+def layout_rates(backbone: str, size: int, batch_size: int, steps: int = 6
+                 ) -> dict[tuple[str, str], float]:
+    """Images/s of timm's `backbone` (random weights, random inputs) in this process, every core:
+    (layout, "train step" | "forward") -> rate, for NCHW and channels-last (NHWC) memory. The
+    train step is forward + backward + AdamW on a (batch_size, 3, size, size) batch."""
+    torch.set_num_threads(os.cpu_count())
+    layouts = {"NCHW": torch.contiguous_format, "channels-last": torch.channels_last}
+    return {(name, kind): _step_rate(backbone, size, batch_size, layout, kind == "train step",
+                                     steps)
+            for name, layout in layouts.items() for kind in ("train step", "forward")}
+
+
+def _step_rate(backbone: str, size: int, batch_size: int, layout: torch.memory_format,
+               train: bool, steps: int) -> float:
+    net = timm.create_model(backbone, num_classes=0).to(memory_format=layout).train(train)
+    optimizer = torch.optim.AdamW(net.parameters())
+    x = torch.randn(batch_size, 3, size, size).contiguous(memory_format=layout)
+    for step in range(steps + 1):  # step 0 warms up
+        if step == 1:
+            started = time.monotonic()
+        if train:
+            optimizer.zero_grad()
+            net(x).pow(2).mean().backward()
+            optimizer.step()
+        else:
+            with torch.inference_mode():
+                net(x)
+    return steps * batch_size / (time.monotonic() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
@@ -62,6 +94,9 @@ def main() -> None:
         print(f"{len(images)} scans ({args.copies} copies of the shared images), "
               f"{args.backbone} at {args.size} px, "
               f"batch {args.batch_size}, {os.cpu_count()} CPUs")
+        for (layout, kind), rate in layout_rates(args.backbone, args.size,
+                                                 args.batch_size).items():
+            print(f"{kind:>10}, {layout:<13}: {rate:7.1f} images/s (random inputs)")
         bare = bare_forward_rate(args.backbone, args.size, images, args.batch_size)
         print(f"bare batched forward      : {bare:7.1f} images/s")
         config = EmbedConfig(embedding=PRETRAINED_PREFIX + args.backbone, input_size=args.size,

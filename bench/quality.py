@@ -120,7 +120,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
 def ssl_config(args: argparse.Namespace, seed: int | None = None) -> SSLConfig:
     """The SSL options of the runs: the profile's, with those the command line gives."""
     return SSLConfig.from_profile(args.profile, seed=seed, method=args.method,
-                                  images=args.ssl_images, epochs=args.ssl_epochs)
+                                  images=args.ssl_images, epochs=args.ssl_epochs,
+                                  image_size=args.ssl_image_size)
 
 
 @contextmanager
@@ -165,6 +166,9 @@ def main() -> None:
                         help="SSL budget in images seen (default: the profile's)")
     parser.add_argument("--ssl-epochs", type=int, default=None,
                         help="SSL passes at most (default: the profile's)")
+    parser.add_argument("--ssl-image-size", type=int, default=None,
+                        help="side of the SSL training views, and of the embedding's input "
+                             "(default: the profile's)")
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],
                         help="`fusc run --cluster-mode`: network trains the backbone in the "
                              "cluster and self-label stages too (about 8 minutes more on CPU)")
@@ -181,7 +185,7 @@ def main() -> None:
     ssl = ssl_config(args)
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images, at "
-          f"most {ssl.epochs} epochs), site norms {args.site_norms}, cluster mode "
+          f"most {ssl.epochs} epochs, {ssl.image_size} px), site norms {args.site_norms}, cluster mode "
           f"{args.cluster_mode} (labels used only to score)")
     summarise(runs)
 
