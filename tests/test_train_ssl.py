@@ -5,6 +5,7 @@ Tiny images (32 px) and one or a few epochs keep the file near two minutes on tw
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import signal
@@ -115,6 +116,16 @@ def test_imagenet_weights_load_into_efficientnet_lite0():
     with torch.no_grad():
         assert not torch.allclose(imagenet(images), random(images), atol=1e-3)
     assert imagenet.dim == 1280 and imagenet.mean != random.mean
+
+
+def test_backbone_runs_channels_last_with_the_same_outputs():
+    backbone = create_backbone("efficientnet_lite0", "imagenet").eval()
+    plain = copy.deepcopy(backbone.net).to(memory_format=torch.contiguous_format)
+    assert backbone.net.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(backbone(images), plain(images), atol=1e-4)
 
 
 def test_imagenet_init_without_local_weights_names_those_that_have_them():
