@@ -1,10 +1,10 @@
 """Embedding and SSL-training benchmark: the `fusc embed` pipeline against the bare model.
 
-Prints, in one run on this machine: bare batched forward images/s of the backbone on prepared
-tensors (all cores, in this process), the backbone's training step and forward with NCHW
-(contiguous) against channels-last (NHWC) memory, the `fusc embed` pipeline's images/s over a `scans` table of
-the shared real images copied a few times (start-up included), their ratio, and SSL training
-images/s (quick profile) with 1 and 2 Ray Train workers.
+Prints, in one run on this machine: the bare backbone's training step and forward images/s with
+NCHW (contiguous) against channels-last (NHWC) memory, bare batched forward images/s of the
+backbone on prepared tensors (all cores, in this process), the `fusc embed` pipeline's images/s
+over a `scans` table of the shared real images copied a few times (start-up included), their
+ratio, and SSL training images/s (quick profile) with 1 and 2 Ray Train workers.
 
     .venv/bin/python -m bench.embed [--backbone efficientnet_lite0] [--size 128] [--copies 6]
 """

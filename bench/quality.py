@@ -185,8 +185,8 @@ def main() -> None:
     ssl = ssl_config(args)
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images, at "
-          f"most {ssl.epochs} epochs, {ssl.image_size} px), site norms {args.site_norms}, cluster mode "
-          f"{args.cluster_mode} (labels used only to score)")
+          f"most {ssl.epochs} epochs, {ssl.image_size} px), site norms {args.site_norms}, "
+          f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)
 
 

@@ -72,9 +72,9 @@ IMAGENET_WEIGHTS: dict[str, LocalWeights] = {
 class Backbone(nn.Module):
     """A timm feature extractor with the normalisation its weights expect: images -> (N, dim).
 
-    Weights and inputs are kept channels-last (NHWC), as timm's `--channels-last` does: on CPU
-    the convolutions then run 1.4x (inference) to 1.7x (training) faster
-    (`bench/channels_last.py`); the numbers are the same up to float rounding.
+    Weights and inputs are kept channels-last (NHWC), as timm's `--channels-last` does: on a
+    2-core CPU a training step and a forward pass of EfficientNet-Lite0 then run 1.6x faster
+    (`bench.embed`), `fusc train-ssl` 1.75x; outputs are the same up to float rounding.
     """
 
     def __init__(self, name: str, net: nn.Module, mean: tuple[float, ...],
