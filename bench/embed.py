@@ -63,16 +63,20 @@ def _step_rate(backbone: str, size: int, batch_size: int, layout: torch.memory_f
     net = timm.create_model(backbone, num_classes=0).to(memory_format=layout).train(train)
     optimizer = torch.optim.AdamW(net.parameters())
     x = torch.randn(batch_size, 3, size, size).contiguous(memory_format=layout)
-    for step in range(steps + 1):  # step 0 warms up
-        if step == 1:
-            started = time.monotonic()
-        if train:
-            optimizer.zero_grad()
-            net(x).pow(2).mean().backward()
-            optimizer.step()
-        else:
+
+    def step() -> None:
+        if not train:
             with torch.inference_mode():
                 net(x)
+            return
+        optimizer.zero_grad()
+        net(x).pow(2).mean().backward()
+        optimizer.step()
+
+    step()  # warm-up
+    started = time.monotonic()
+    for _ in range(steps):
+        step()
     return steps * batch_size / (time.monotonic() - started)
 
 
