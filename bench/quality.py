@@ -14,6 +14,13 @@ seeds.
     .venv/bin/python -m bench.quality --dataset fetal-planes-db-large --clusters 15 --recluster 6
     .venv/bin/python -m bench.quality --dataset pooled --clusters 4      # both, one archive
     .venv/bin/python -m bench.quality --method barlowtwins --seeds 0     # another SSL objective
+    .venv/bin/python -m bench.quality --ssl-archive fetal-planes-db-large hc18   # train once on
+                                            # an archive without the target, then cluster it
+
+`--ssl-archive SET...` measures the issue's "train once on an archive, cluster any folder": per
+seed, SSL trains in its own workdir on those sets (as `fusc train-ssl SETS`), and the dataset's
+`fusc run --ssl-run` clusters with that model, training nothing; its minutes are the run's, the
+archive's training is printed apart.
 """
 
 from __future__ import annotations
@@ -31,12 +38,16 @@ import numpy as np
 
 from fusc_lib.cluster_model import ClusterModel
 from fusc_lib.clustering_space import clustering_space
-from fusc_lib.config import EmbedConfig, RunConfig, SSLConfig, default_of
+from fusc_lib.config import EmbedConfig, IngestConfig, RunConfig, SSLConfig, default_of
 from fusc_lib.diagnostics import assigned_clusters, clustering_scores
 from fusc_lib.labels import labels_of, load_labels
 from fusc_lib.metrics import kmeans_clusters
+from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.store import Workdir
+from jobs.ingest import run_ingest
 from jobs.run import run_all
+from jobs.train_ssl import run_train_ssl
+from schemas.tables import SCANS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 POOLED = ("african-planes", "fetal-planes-db-large")  # same four views, six hospitals
@@ -94,13 +105,16 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         devices = device_labels(labels, Path(root))
         store = Workdir(f"{root}/w")
         ssl = ssl_config(args, seed)
+        embed = {"site_norms": args.site_norms}
+        if args.ssl_archive:
+            embed["embedding"] = archive_model(args.ssl_archive, ssl, Path(root) / "archive")
         network = {"mode": args.cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
                    "seed": seed}  # as `fusc run --seed S --cluster-mode M` sets them
         results: dict[str, dict] = {}
         for clusters in [args.clusters, *args.recluster]:
             started = time.monotonic()
             config = RunConfig(ingest={"paths": [str(images)]}, ssl=ssl, sites={"seed": seed},
-                               embed={"site_norms": args.site_norms},
+                               embed=embed,
                                cluster={"clusters": clusters, **network}, self_label=network)
             run_all(store, config)
             minutes = (time.monotonic() - started) / 60
@@ -115,6 +129,20 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
                     store, labels, devices, kmeans_clusters(vectors, clusters, seed),
                     space.image_ids)
     return results
+
+
+def archive_model(sets: list[str], ssl: SSLConfig, folder: Path) -> str:
+    """Train `ssl` once in its own workdir on the images of `sets` (as `fusc train-ssl SETS`);
+    the run folder, for `fusc run --ssl-run`. Prints the archive's size and minutes."""
+    started = time.monotonic()
+    archive = Workdir(str(folder))
+    run_ingest(archive, IngestConfig(paths=[str(DATA / name / "images") for name in sets]),
+               workdir_preprocess(archive))
+    scans = archive.table(SCANS).count_rows()
+    run_train_ssl(archive, ssl.fitted_to(scans))
+    print(f"archive {' + '.join(sets)}: {scans} scans, SSL trained in "
+          f"{(time.monotonic() - started) / 60:.1f} minutes (ingest included)", flush=True)
+    return archive.ssl_run_dir(ssl.run)
 
 
 def ssl_config(args: argparse.Namespace, seed: int | None = None) -> SSLConfig:
@@ -169,6 +197,9 @@ def main() -> None:
     parser.add_argument("--ssl-image-size", type=int, default=None,
                         help="side of the SSL training views, and of the embedding's input "
                              "(default: the profile's)")
+    parser.add_argument("--ssl-archive", nargs="+", default=None, metavar="SET",
+                        help="train SSL once per seed on these ../shared/data sets, then cluster "
+                             "the dataset with that model (`fusc run --ssl-run`)")
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],
                         help="`fusc run --cluster-mode`: network trains the backbone in the "
                              "cluster and self-label stages too (about 8 minutes more on CPU)")
@@ -185,7 +216,8 @@ def main() -> None:
     ssl = ssl_config(args)
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images, at "
-          f"most {ssl.epochs} epochs, {ssl.image_size} px), site norms {args.site_norms}, "
+          f"most {ssl.epochs} epochs, {ssl.image_size} px"
+          f"{', trained on ' + ' + '.join(args.ssl_archive) if args.ssl_archive else ''}), site norms {args.site_norms}, "
           f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)
 

@@ -247,7 +247,9 @@ class Workdir:
         if self.has_embeddings(key):
             return self.db.open_table(embeddings_table_name(key))
         if dim is None:
-            raise ValueError(f"no embeddings for {key!r}: run `fusc embed` for it first")
+            known = ", ".join(self.embedding_keys()) or "none yet"
+            raise ValueError(f"no embeddings for {key!r}: run `fusc embed` for it first "
+                             f"(embedding keys in this workdir: {known})")
         return self.db.create_table(embeddings_table_name(key),
                                     schema=embeddings_schema(dim, key), exist_ok=True)
 

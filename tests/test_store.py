@@ -154,6 +154,16 @@ def test_a_table_whose_creation_was_killed_is_made_again(tmp_path):
     assert store.has_table(SITES) is False  # never made: nothing to drop
 
 
+def test_a_missing_embedding_key_is_refused_with_the_keys_there_are(tmp_path):
+    store = Workdir(str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="keys in this workdir: none yet"):
+        store.embeddings_table("simclr~views20")
+    store.append_embeddings("simclr-efficientnet_lite0~views20", _vectors(["a"], seed=0))
+    with pytest.raises(ValueError, match=r"simclr~views20'.*keys in this workdir: "
+                                         r"simclr-efficientnet_lite0~views20\)"):
+        store.embeddings_table("simclr~views20")
+
+
 def test_many_small_commits_end_in_few_fragments_every_row_readable(tmp_path):
     store = Workdir(str(tmp_path / "w"))
     sink = TableAppender(partial(store.append_embeddings, "k"), commit_rows=5)
