@@ -107,7 +107,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         ssl = ssl_config(args, seed)
         embed = {"site_norms": args.site_norms}
         if args.ssl_archive:
-            embed["embedding"] = archive_model(args.ssl_archive, ssl, Path(root) / "archive")
+            embed["embedding"] = archive_model(args.ssl_archive, ssl, Path(root))
         network = {"mode": args.cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
                    "seed": seed}  # as `fusc run --seed S --cluster-mode M` sets them
         results: dict[str, dict] = {}
@@ -131,13 +131,13 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     return results
 
 
-def archive_model(sets: list[str], ssl: SSLConfig, folder: Path) -> str:
-    """Train `ssl` once in its own workdir on the images of `sets` (as `fusc train-ssl SETS`);
-    the run folder, for `fusc run --ssl-run`. Prints the archive's size and minutes."""
+def archive_model(sets: list[str], ssl: SSLConfig, root: Path) -> str:
+    """Train `ssl` once in the workdir root/archive on the images of `sets` (as `fusc train-ssl
+    SETS`); the run folder, for `fusc run --ssl-run`. Prints the archive's size and minutes."""
     started = time.monotonic()
-    archive = Workdir(str(folder))
-    run_ingest(archive, IngestConfig(paths=[str(DATA / name / "images") for name in sets]),
-               workdir_preprocess(archive))
+    archive = Workdir(str(root / "archive"))
+    images = [str(dataset_folder(name, root)[0]) for name in sets]
+    run_ingest(archive, IngestConfig(paths=images), workdir_preprocess(archive))
     scans = archive.table(SCANS).count_rows()
     run_train_ssl(archive, ssl.fitted_to(scans))
     print(f"archive {' + '.join(sets)}: {scans} scans, SSL trained in "
@@ -214,10 +214,10 @@ def main() -> None:
             f"{variant} CP {scores['purity']:.3f} NMI {scores['nmi']:.3f}"
             for variant, scores in runs[-1].items()), flush=True)
     ssl = ssl_config(args)
+    archive = f", trained on {' + '.join(args.ssl_archive)}" if args.ssl_archive else ""
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images, at "
-          f"most {ssl.epochs} epochs, {ssl.image_size} px"
-          f"{', trained on ' + ' + '.join(args.ssl_archive) if args.ssl_archive else ''}), site norms {args.site_norms}, "
+          f"most {ssl.epochs} epochs, {ssl.image_size} px{archive}), site norms {args.site_norms}, "
           f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)
 
