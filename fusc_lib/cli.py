@@ -149,6 +149,7 @@ def train_ssl(
     image_size: option(SSLConfig, "image_size", default=None),
     epochs: option(SSLConfig, "epochs", default=None),
     images: option(SSLConfig, "images", default=None),
+    minutes: option(SSLConfig, "minutes", default=None),
     batch_size: option(SSLConfig, "batch_size", default=None),
     lr: option(SSLConfig, "lr", default=None),
     weight_decay: option(SSLConfig, "weight_decay", default=None),
@@ -349,6 +350,7 @@ def run(
     embedding: option(RunConfig, "embed.embedding", "--embedding", "--ssl-run"),
     ssl_epochs: option(RunConfig, "ssl.epochs", default=None),
     ssl_images: option(RunConfig, "ssl.images", default=None),
+    ssl_minutes: option(RunConfig, "ssl.minutes", default=None),
     image_size: option(RunConfig, "ssl.image_size", default=None),
     views: option(RunConfig, "embed.views"),
     site_norms: option(RunConfig, "embed.site_norms"),
@@ -381,7 +383,7 @@ def run(
     store = Workdir(workdir)
     with user_errors():
         ssl = SSLConfig.from_profile(profile, epochs=ssl_epochs, images=ssl_images,
-                                     image_size=image_size,
+                                     minutes=ssl_minutes, image_size=image_size,
                                      workers=workers, seed=seed)
         network = {"workers": ssl.workers, "use_gpu": ssl.use_gpu, "seed": seed}
         config = RunConfig(

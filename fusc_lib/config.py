@@ -158,6 +158,10 @@ class NeighborsConfig(BaseModel):
 # `fusc run` from CP 0.803 / NMI 0.645 (3 seeds) to 0.819 / 0.683 (2 seeds; README, clustering
 # quality). The network modes of cluster and self-label: ~10 minutes.
 SSL_IMAGES = 12_000
+# ... and in minutes (`SSLConfig.minutes`), for a slower machine: on one training at ~7 images/s
+# (against ~22), a 201-scan `fusc run` took 33 minutes (README); 20 minutes of SSL keep a run of
+# 600 scans within 30.
+SSL_MINUTES = 20.0
 NETWORK_IMAGES = 6_000
 
 
@@ -259,6 +263,11 @@ class SSLConfig(BaseModel):
                     "random from the whole archive: what bounds a large archive's training, "
                     "so 10,000 or 10 million scans cost the same (each is still embedded). "
                     "None: `epochs` full passes.")
+    minutes: float | None = Field(
+        SSL_MINUTES, gt=0,
+        description="Training budget in minutes: after the warm-up the run keeps the epochs "
+                    "that fit at the speed measured so far, so a slower machine sees fewer "
+                    "images but finishes in time. None: no limit in time.")
     batch_size: int = Field(32, ge=2, description="Global batch, split evenly over workers.")
     lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW, cosine schedule).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -317,11 +326,11 @@ PROFILES: dict[str, dict] = {
     # METHOD.md: SimCLR with ResNet18 from scratch, on GPUs; the budget is the paper's 200
     # epochs over its 88,000 scans.
     "paper": {"method": "simclr", "backbone": "resnet18", "init": "random", "image_size": 224,
-              "epochs": 200, "images": 17_600_000, "batch_size": 256, "lr": 1e-3,
+              "epochs": 200, "images": 17_600_000, "minutes": None, "batch_size": 256, "lr": 1e-3,
               "temperature": 0.1, "strength": 1.0, "use_gpu": True},
     # METHOD.md: DINO with ViT-S/16 from scratch, on GPUs (DINO paper's ViT-S recipe).
     "paper-dino": {"method": "dino", "backbone": "vit_small_patch16_224", "init": "random",
-                   "image_size": 224, "epochs": 200, "images": 17_600_000,
+                   "image_size": 224, "epochs": 200, "images": 17_600_000, "minutes": None,
                    "batch_size": 256, "lr": 5e-4,
                    "weight_decay": 0.04, "warmup_epochs": 10, "dino_out_dim": 65536,
                    "dino_local_crops": 8, "dino_local_size": 96, "strength": 1.0,

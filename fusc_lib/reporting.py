@@ -73,8 +73,9 @@ def site_norms_line(sites: list[str], fitted: bool) -> str:
 
 def trained(summary: dict, store, labels: list[Path] | None) -> None:
     """An SSL run, and how its embedding scores against `labels` if given."""
-    say(f"run {summary['run']}: {summary['epochs']} epochs ({summary['images_seen']:,} images "
-        f"seen), final loss "
+    from fusc_lib.ssl_training import training_extent
+
+    say(f"run {summary['run']}: {training_extent(summary)}, final loss "
         f"{summary['final_loss']}, {summary['images_per_s']} images/s; "
         f"saved in {summary['run_dir']}")
     if labels:

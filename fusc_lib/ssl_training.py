@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -87,6 +87,27 @@ class TrainingPlan:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    def within(self, minutes: float, seconds: list[float]) -> TrainingPlan:
+        """This plan cut to the epochs that fit `minutes` of training at the mean speed of the
+        epochs done (`seconds`: each one's wall time): never fewer than those done, never more
+        than planned."""
+        per_epoch = sum(seconds) / len(seconds)
+        fit = len(seconds) + int((minutes * 60 - sum(seconds)) // per_epoch)
+        return replace(self, epochs=min(self.epochs, max(len(seconds), fit)))
+
+
+def all_workers(values: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+                ) -> torch.Tensor:
+    """`values` reduced over the DDP workers (as given where there is one process). NCCL
+    reduces only tensors on the GPU, gloo those on the CPU: the result is on the CPU."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    on = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    reduced = values.to(on)
+    dist.all_reduce(reduced, op=op)
+    return reduced.cpu()
+
 
 @dataclass
 class Schedule:
@@ -102,6 +123,22 @@ class Schedule:
     @property
     def total_steps(self) -> int:
         return self.plan.total_steps
+
+    @property
+    def fitted_after(self) -> int:
+        """The epoch after which the plan is fitted to `config.minutes`: the warm-up's last,
+        where the cosine is at its peak whatever the total, so the curve stays whole."""
+        return max(1, self.config.warmup_epochs)
+
+    def fit_to_minutes(self, seconds: list[float]) -> None:
+        """After `fitted_after` epochs (`seconds`: each one's wall time), cut the plan to the
+        epochs that fit `config.minutes`; every worker keeps the fewest any of them planned
+        (DDP workers must run the same steps). Else, or without a limit: nothing."""
+        if self.config.minutes is None or len(seconds) != self.fitted_after:
+            return
+        epochs = self.plan.within(self.config.minutes, seconds).epochs
+        fewest = all_workers(torch.tensor([epochs]), dist.ReduceOp.MIN)
+        self.plan = replace(self.plan, epochs=int(fewest[0]))
 
     def lr(self, step: int) -> float:
         warmup = min(self.config.warmup_epochs * self.steps_per_epoch, self.total_steps - 1)
@@ -153,9 +190,7 @@ def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable
         loss_sum += loss.detach().float().cpu()
         images += views[0].shape[0]
         steps += 1
-    totals = torch.tensor([float(loss_sum), float(steps), float(images)])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals)
+    totals = all_workers(torch.tensor([float(loss_sum), float(steps), float(images)]))
     seconds = time.monotonic() - started
     return EpochStats(epoch + 1, float(totals[0] / max(totals[1], 1)), int(totals[2]),
                       float(totals[2]) / seconds, seconds)
@@ -163,15 +198,18 @@ def train_one_epoch(model: torch.nn.Module, method: SSLMethod, batches: Iterable
 
 @dataclass
 class TrainingState:
-    """Everything a resumed run needs: weights, optimizer, epochs done, the loss so far."""
+    """Everything a resumed run needs: weights, optimizer, epochs done, the loss so far and
+    the epochs planned (fewer than at the start once fitted to the minutes)."""
 
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    epochs: int | None = None
 
     def save(self, method: SSLMethod, optimizer: torch.optim.Optimizer, folder: str) -> None:
         save_torch(f"{folder}/{TRAINING_STATE}", {"method": method.state_dict(),
                                               "optimizer": optimizer.state_dict(),
-                                              "epoch": self.epoch, "history": self.history})
+                                              "epoch": self.epoch, "history": self.history,
+                                              "epochs": self.epochs})
 
     @classmethod
     def load(cls, method: SSLMethod, optimizer: torch.optim.Optimizer,
@@ -179,7 +217,16 @@ class TrainingState:
         saved = load_torch(f"{folder}/{TRAINING_STATE}")
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
-        return cls(saved["epoch"], saved["history"])
+        return cls(saved["epoch"], saved["history"], saved.get("epochs"))
+
+
+def training_extent(summary: dict) -> str:
+    """How far a finished run trained, from `jobs.train_ssl.run_train_ssl`'s summary: epochs
+    and images seen, and whether the minutes budget cut it short."""
+    cut = summary["epochs"] < summary["epochs_planned"]
+    budget = (f"; {summary['epochs_planned']} planned, cut to what fits "
+              f"--ssl-minutes {summary['minutes_budget']:g}") if cut else ""
+    return f"{summary['epochs']} epochs ({summary['images_seen']:,} images seen{budget})"
 
 
 def loss_csv(history: list[dict]) -> bytes:

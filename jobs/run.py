@@ -52,6 +52,7 @@ from fusc_lib.models.encoder import backbone_of, embedding_key, is_trained, pars
 from fusc_lib.models.self_label_network import write_start
 from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.sources import Source, gather_sources
+from fusc_lib.ssl_training import training_extent
 from fusc_lib.store import Workdir
 from jobs.assign import AssignSummary, run_assign
 from jobs.cluster import ClusterSummary, run_cluster
@@ -186,8 +187,7 @@ def _train_ssl(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> str
     result, resumed = _train(workdir, ssl.fitted_to(workdir.table(SCANS).count_rows()),
                              ray_address)
     resumed_note = " (resumed)" if resumed else ""
-    return (f"{result['epochs']} epochs ({result['images_seen']:,} images seen), final loss "
-            f"{result['final_loss']}{resumed_note}")
+    return f"{training_extent(result)}, final loss {result['final_loss']}{resumed_note}"
 
 
 def _train(workdir: Workdir, ssl: SSLConfig, ray_address: str | None) -> tuple[dict, bool]:

@@ -18,7 +18,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pyarrow as pa
@@ -69,6 +69,7 @@ def run_train_ssl(workdir: Workdir, config: SSLConfig, ray_address: str | None =
     _export_run(result.checkpoint, folder)
     history = parse_loss_csv(read_bytes(f"{folder}/{LOSS_LOG}"))
     return {"run": config.run, "run_dir": folder, "epochs": len(history),
+            "epochs_planned": plan.epochs, "minutes_budget": config.minutes,
             "images_seen": sum(row["images"] for row in history),
             "final_loss": history[-1]["loss"] if history else None,
             "images_per_s": history[-1]["images_per_s"] if history else None,
@@ -202,14 +203,19 @@ def _train_worker(loop: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = TrainingState.load(method, optimizer, folder)
-    schedule = Schedule(config, TrainingPlan(**loop["plan"]))
+    plan = TrainingPlan(**loop["plan"])
+    schedule = Schedule(config, replace(plan, epochs=state.epochs or plan.epochs))
     shard = ray.train.get_dataset_shard("train")  # ray
-    for epoch in range(state.epoch, schedule.plan.epochs):
+    epoch = state.epoch
+    while epoch < schedule.plan.epochs:
         batches = shard.iter_torch_batches(
             batch_size=loop["per_worker_batch"], drop_last=True,
             local_shuffle_buffer_size=_SHUFFLE_BATCHES * loop["per_worker_batch"])
         stats = train_one_epoch(model, method, batches, optimizer, schedule, epoch)
-        state.epoch, state.history = epoch + 1, [*state.history, stats.row()]
+        epoch += 1
+        state.epoch, state.history = epoch, [*state.history, stats.row()]
+        schedule.fit_to_minutes([row["seconds"] for row in state.history])
+        state.epochs = schedule.plan.epochs
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 state.save(method, optimizer, folder)
