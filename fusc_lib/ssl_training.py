@@ -88,10 +88,12 @@ class TrainingPlan:
         return self.epochs * self.steps_per_epoch
 
     def within(self, minutes: float, seconds: list[float]) -> TrainingPlan:
-        """This plan cut to the epochs that fit `minutes` of training at the mean speed of the
-        epochs done (`seconds`: each one's wall time): never fewer than those done, never more
-        than planned."""
-        per_epoch = sum(seconds) / len(seconds)
+        """This plan cut to the epochs that fit `minutes` of training (`seconds`: each epoch's
+        wall time so far) at the mean speed of the epochs after the first, which carries the
+        start-up (Ray Data's workers, the first kernels): never fewer than those done, never
+        more than planned."""
+        steady = seconds[1:] or seconds
+        per_epoch = sum(steady) / len(steady)
         fit = len(seconds) + int((minutes * 60 - sum(seconds)) // per_epoch)
         return replace(self, epochs=min(self.epochs, max(len(seconds), fit)))
 
@@ -126,9 +128,12 @@ class Schedule:
 
     @property
     def fitted_after(self) -> int:
-        """The epoch after which the plan is fitted to `config.minutes`: the warm-up's last,
-        where the cosine is at its peak whatever the total, so the curve stays whole."""
-        return max(1, self.config.warmup_epochs)
+        """The epoch after which the plan is fitted to `config.minutes`: the first after the
+        warm-up (the second at least), so one epoch measures the speed without the start-up.
+        There the cosine is still flat (one epoch into a decay over E epochs the rate is
+        (1 + cos(pi / E)) / 2 of its peak: 0.9993 at E = 60, 0.991 at E = 17), so cutting its
+        total moves the rate by a hair, not a step."""
+        return max(2, self.config.warmup_epochs + 1)
 
     def fit_to_minutes(self, seconds: list[float]) -> None:
         """After `fitted_after` epochs (`seconds`: each one's wall time), cut the plan to the
