@@ -158,10 +158,10 @@ class NeighborsConfig(BaseModel):
 # `fusc run` from CP 0.803 / NMI 0.645 (3 seeds) to 0.819 / 0.683 (2 seeds; README, clustering
 # quality). The network modes of cluster and self-label: ~10 minutes.
 SSL_IMAGES = 12_000
-# ... and in minutes (`SSLConfig.minutes`), for a slower machine: on one training at ~7 images/s
-# (against ~22), a 201-scan `fusc run` took 33 minutes (README); 20 minutes of SSL keep a run of
-# 600 scans within 30.
-SSL_MINUTES = 20.0
+# ... and in minutes (`SSLConfig.minutes`), for a slower machine: on one that trains ~7-9 images/s
+# (against ~22), a 201-scan `fusc run` took 35 minutes, 31 of them SSL; the other stages took 4.5
+# and would take ~8 at 600 scans (README), so 18 minutes of SSL keep such a run within 30.
+SSL_MINUTES = 18.0
 NETWORK_IMAGES = 6_000
 
 
