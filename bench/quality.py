@@ -116,7 +116,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
             config = RunConfig(ingest={"paths": [str(images)]}, ssl=ssl, sites={"seed": seed},
                                embed=embed,
                                cluster={"clusters": clusters, **network}, self_label=network)
-            run_all(store, config)
+            run_all(store, config, echo=lambda report: print(
+                f"seed {seed} {report.stage}: {report.detail} ({report.seconds:.0f} s)",
+                flush=True))  # SSL's line says how many images the minutes allowed
             minutes = (time.monotonic() - started) / 60
             model = ClusterModel.load(store)
             ids, assigned = assigned_clusters(store, model.version)
@@ -216,8 +218,8 @@ def main() -> None:
     ssl = ssl_config(args)
     archive = f", trained on {' + '.join(args.ssl_archive)}" if args.ssl_archive else ""
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
-          f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images, at "
-          f"most {ssl.epochs} epochs, {ssl.image_size} px{archive}), site norms {args.site_norms}, "
+          f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images or "
+          f"{ssl.minutes} minutes, at most {ssl.epochs} epochs, {ssl.image_size} px{archive}), site norms {args.site_norms}, "
           f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)
 
