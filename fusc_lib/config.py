@@ -265,9 +265,9 @@ class SSLConfig(BaseModel):
                     "None: `epochs` full passes.")
     minutes: float | None = Field(
         SSL_MINUTES, gt=0,
-        description="Training budget in minutes: after the warm-up the run keeps the epochs "
-                    "that fit at the speed measured so far, so a slower machine sees fewer "
-                    "images but finishes in time. None: no limit in time.")
+        description="Training budget in minutes: after the first epoch past the warm-up the "
+                    "run keeps the epochs that fit at that epoch's speed, so a slower machine "
+                    "sees fewer images but finishes in time. None: no limit in time.")
     batch_size: int = Field(32, ge=2, description="Global batch, split evenly over workers.")
     lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW, cosine schedule).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
