@@ -94,8 +94,7 @@ def _fit(workdir: Workdir, config: SSLConfig, plan: TrainingPlan, folder: str) -
                            "per_worker_batch": per_worker_batch},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": _cpus_per_worker(config)},
-            placement_strategy=_placement(config)),
+            resources_per_worker={"CPU": _cpus_per_worker(config)}),
         run_config=ray.train.RunConfig(
             name=config.run, storage_path=f"{folder}/ray",
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
@@ -189,14 +188,6 @@ def _cpus_per_worker(config: SSLConfig) -> float:
     if config.cpus_per_worker:
         return config.cpus_per_worker
     return min(1.0, max(0.1, (cluster_cpus() - 1) / config.workers))
-
-
-def _placement(config: SSLConfig) -> str:
-    """Where Ray Train puts the workers. CPU workers spread over the nodes (best effort): each
-    then has its node's cores as torch threads (`_use_the_node`), where packed ones would share
-    one node's and leave another's idle. GPU workers pack (Ray's default): DDP's all-reduce
-    stays on one node's GPU links where it can."""
-    return "PACK" if config.use_gpu else "SPREAD"
 
 
 def _train_worker(loop: dict) -> None:
