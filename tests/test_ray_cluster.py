@@ -197,8 +197,9 @@ def test_run_on_two_nodes_keeps_every_scan_once_through_killed_workers(cluster_r
     assert sorted(assigned) == sorted(scans)  # every scan assigned exactly once
     # The kills landed: the ingest pool mid-task, a training worker after its first checkpoint.
     assert set(chaos["killed"]) == {INGEST_WORKER, TRAIN_WORKER}
-    # Work ran on both nodes: the two training workers, one per node.
-    assert len(set(chaos["nodes"][TRAIN_WORKER])) == 2
+    # Work ran on both nodes. Not necessarily training on both: each node has 1 CPU, the two
+    # training workers 0.5 each, and Ray Data's view tasks need a whole CPU, so Ray Train packs
+    # the workers onto one node (where they land before and after the kill is Ray's choice).
     assert len({node for nodes in chaos["nodes"].values() for node in nodes}) == 2
 
 
