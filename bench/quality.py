@@ -219,7 +219,8 @@ def main() -> None:
     archive = f", trained on {' + '.join(args.ssl_archive)}" if args.ssl_archive else ""
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images or "
-          f"{ssl.minutes} minutes, at most {ssl.epochs} epochs, {ssl.image_size} px{archive}), site norms {args.site_norms}, "
+          f"{ssl.minutes} minutes, at most {ssl.epochs} epochs, {ssl.image_size} px{archive}), "
+          f"site norms {args.site_norms}, "
           f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)
 

@@ -206,14 +206,12 @@ def _train_worker(loop: dict) -> None:
     plan = TrainingPlan(**loop["plan"])
     schedule = Schedule(config, replace(plan, epochs=state.epochs or plan.epochs))
     shard = ray.train.get_dataset_shard("train")  # ray
-    epoch = state.epoch
-    while epoch < schedule.plan.epochs:
+    while state.epoch < schedule.plan.epochs:  # the plan may shrink: fit_to_minutes
         batches = shard.iter_torch_batches(
             batch_size=loop["per_worker_batch"], drop_last=True,
             local_shuffle_buffer_size=_SHUFFLE_BATCHES * loop["per_worker_batch"])
-        stats = train_one_epoch(model, method, batches, optimizer, schedule, epoch)
-        epoch += 1
-        state.epoch, state.history = epoch, [*state.history, stats.row()]
+        stats = train_one_epoch(model, method, batches, optimizer, schedule, state.epoch)
+        state.epoch, state.history = state.epoch + 1, [*state.history, stats.row()]
         schedule.fit_to_minutes([row["seconds"] for row in state.history])
         state.epochs = schedule.plan.epochs
         with tempfile.TemporaryDirectory() as folder:
