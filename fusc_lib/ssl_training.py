@@ -229,8 +229,8 @@ def training_extent(summary: dict) -> str:
     """How far a finished run trained, from `jobs.train_ssl.run_train_ssl`'s summary: epochs
     and images seen, and whether the minutes budget cut it short."""
     cut = summary["epochs"] < summary["epochs_planned"]
-    budget = (f"; {summary['epochs_planned']} planned, cut to what fits "
-              f"--ssl-minutes {summary['minutes_budget']:g}") if cut else ""
+    budget = (f"; {summary['epochs_planned']} planned, cut to what fits its "
+              f"{summary['minutes_budget']:g}-minute budget") if cut else ""
     return f"{summary['epochs']} epochs ({summary['images_seen']:,} images seen{budget})"
 
 

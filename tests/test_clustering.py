@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.heads import merged_by_linkage, merged_by_neighbors
 from fusc_lib.clustering import (
     PROTOTYPE_TEMPERATURE,
     TrainedHead,
@@ -55,12 +56,18 @@ def test_result_round_trips_through_state_dict_and_json(four_blobs):
     assert (again.assignments == result.assignments).all()
 
 
-def test_over_clustering_runs():
-    x, _ = blobs(n=300)
+def test_an_over_clustering_merged_without_labels_recovers_the_true_groups():
+    """Heads trained at 5 x K on well-separated groups split them; both label-free merges of
+    `bench.heads` (linkage of the cluster means, shared kNN edges) bring back the K groups."""
+    x, labels = blobs(n=300)
     neighbors, _ = mine_neighbors(x, 10)
     result = train_cluster_heads(x, neighbors, 20, n_heads=3, epochs=30)
     assert result.probabilities.shape == (300, 20)
     assert len(np.unique(result.assignments)) > 4
+    assert hungarian_accuracy(labels, result.assignments) < 0.6
+    for merged in (merged_by_linkage(x, result.assignments, 4),
+                   merged_by_neighbors(result.assignments, neighbors, 4)):
+        assert len(np.unique(merged)) == 4 and hungarian_accuracy(labels, merged) >= 0.95
 
 
 def test_heads_keep_the_sizes_of_an_imbalanced_archive_where_kmeans_does():

@@ -239,7 +239,7 @@ def test_dino_with_a_small_vit_stops_when_its_minutes_run_out(workdir, ray_sessi
     history, stored = _outputs(workdir, "dino-vit")
     assert summary["epochs"] == len(history) == 2 and np.isfinite(history[-1]["loss"])
     assert summary["epochs_planned"] == 4
-    assert "4 planned, cut to what fits --ssl-minutes 0.001" in training_extent(summary)
+    assert "4 planned, cut to what fits its 0.001-minute budget" in training_extent(summary)
     assert stored["method"] == "dino" and stored["minutes"] == 0.001
     _assert_unit_embeddings(workdir, "dino-vit", 192)
 
