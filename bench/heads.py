@@ -5,8 +5,9 @@ the embeddings as stored and on the site-centred space the heads train on, besid
 SCAN's random start, the heads started from k-means prototypes (the default), those + frozen
 self-labeling (what `fusc run` keeps), the heads with the k-means size prior, and heads trained
 at 3 x K merged to K without labels (average linkage of the cluster means; greedy merging of the
-two clusters that share the most kNN edges). Labels only score. Seconds per K on a few hundred
-scans.
+two clusters that share the most kNN edges). Labels only score, except in the first line: a
+logistic regression trained on the views and scored on each site held out, the ceiling a
+clustering of these features is read against. Seconds per K on a few hundred scans.
 
     .venv/bin/python -m bench.heads --workdir W --labels ../shared/data/fetal-planes-db-large/labels.csv \
         --clusters 15 6 4 --seeds 0 1 2
@@ -19,6 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold, cross_val_score
 
 from fusc_lib.clustering import self_label, train_cluster_heads
 from fusc_lib.clustering_space import clustering_space, latest_embedding, load_neighbors
@@ -28,6 +31,17 @@ from fusc_lib.metrics import kmeans_clusters
 from fusc_lib.store import Workdir
 
 COLUMNS = ("purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")
+PROBE_C = 10.0  # the probe's inverse L2 weight: the best of 0.1, 1 and 10 on african-planes
+
+
+def linear_probe_accuracy(x: np.ndarray, views: list[str], sites: list[str]) -> float:
+    """Mean accuracy of a logistic regression from (N, D) `x` to `views`, trained with the
+    labels and scored on each site held out in turn (5 stratified folds where all scans share
+    one site): what a linear classifier can read of the view from these features."""
+    folds = (LeaveOneGroupOut() if len(set(sites)) > 1
+             else StratifiedKFold(5, shuffle=True, random_state=0))
+    probe = LogisticRegression(C=PROBE_C, max_iter=3000)
+    return float(cross_val_score(probe, x, views, groups=sites, cv=folds).mean())
 
 
 def merged_by_linkage(x: np.ndarray, assignments: np.ndarray, k: int) -> np.ndarray:
@@ -97,6 +111,9 @@ def main() -> None:
     neighbors = load_neighbors(store, key, space.image_ids)
     views, sites = labels_of(load_labels(store, args.labels), space.image_ids)
     print(f"{args.workdir}: {len(views)} scans, embedding {key}, seeds {args.seeds}")
+    print("linear probe with the labels, each site held out: as stored "
+          f"{linear_probe_accuracy(space.raw, views, sites):.3f}, site-centred "
+          f"{linear_probe_accuracy(space.vectors, views, sites):.3f}", flush=True)
     print("| K | variant | CP | NMI | ACC | smallest cluster | NMI vs site |")
     print("|---|---|---|---|---|---|---|")
     for k in args.clusters:

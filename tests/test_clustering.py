@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.heads import merged_by_linkage, merged_by_neighbors
+from bench.heads import linear_probe_accuracy, merged_by_linkage, merged_by_neighbors
 from fusc_lib.clustering import (
     PROTOTYPE_TEMPERATURE,
     TrainedHead,
@@ -68,6 +68,16 @@ def test_an_over_clustering_merged_without_labels_recovers_the_true_groups():
     for merged in (merged_by_linkage(x, result.assignments, 4),
                    merged_by_neighbors(result.assignments, neighbors, 4)):
         assert len(np.unique(merged)) == 4 and hungarian_accuracy(labels, merged) >= 0.95
+
+
+def test_the_linear_probe_reads_views_that_are_there_and_not_views_that_are_not():
+    x, labels = blobs(n=300)
+    views = [f"view-{label}" for label in labels]
+    sites = [f"site-{i % 3}" for i in range(300)]
+    assert linear_probe_accuracy(x, views, sites) >= 0.95
+    assert linear_probe_accuracy(x, views, ["one"] * 300) >= 0.95
+    shuffled = list(np.random.default_rng(0).permutation(views))
+    assert linear_probe_accuracy(x, shuffled, sites) < 0.45
 
 
 def test_heads_keep_the_sizes_of_an_imbalanced_archive_where_kmeans_does():
