@@ -6,8 +6,8 @@ SCAN's random start, the heads started from k-means prototypes (the default), th
 self-labeling (what `fusc run` keeps), the heads with the k-means size prior, and heads trained
 at 3 x K merged to K without labels (average linkage of the cluster means; greedy merging of the
 two clusters that share the most kNN edges). Labels only score, except in the first line: a
-logistic regression trained on the views and scored on each site held out, the ceiling a
-clustering of these features is read against. Seconds per K on a few hundred scans.
+logistic regression trained on the views and scored on each site held out (accuracy and recall
+per view), the ceiling a clustering of these features is read against. Seconds per K on a few hundred scans.
 
     .venv/bin/python -m bench.heads --workdir W --labels ../shared/data/fetal-planes-db-large/labels.csv \
         --clusters 15 6 4 --seeds 0 1 2
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold, cross_val_score
+from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold, cross_val_predict
 
 from fusc_lib.clustering import self_label, train_cluster_heads
 from fusc_lib.clustering_space import clustering_space, latest_embedding, load_neighbors
@@ -34,14 +35,31 @@ COLUMNS = ("purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")
 PROBE_C = 10.0  # the probe's inverse L2 weight: the best of 0.1, 1 and 10 on african-planes
 
 
-def linear_probe_accuracy(x: np.ndarray, views: list[str], sites: list[str]) -> float:
-    """Mean accuracy of a logistic regression from (N, D) `x` to `views`, trained with the
-    labels and scored on each site held out in turn (5 stratified folds where all scans share
-    one site): what a linear classifier can read of the view from these features."""
+@dataclass(frozen=True)
+class ProbeReading:
+    """What a label-using linear probe reads of the view on scans of sites it never saw."""
+
+    accuracy: float  # share of all scans whose held-out prediction is their view
+    recall: dict[str, float]  # per view: share of its scans predicted as it
+
+    def __str__(self) -> str:
+        per_view = ", ".join(f"{view} {share:.2f}" for view, share in self.recall.items())
+        return f"{self.accuracy:.3f} ({per_view})"
+
+
+def linear_probe(x: np.ndarray, views: list[str], sites: list[str]) -> ProbeReading:
+    """A logistic regression from (N, D) `x` to `views`, trained with the labels and asked
+    for each scan with its site held out (5 stratified folds where all scans share one site):
+    what a linear classifier can read of the view from these features. The accuracy pools
+    every held-out prediction, so a site whose scans are easy does not count as a fold's
+    worth; the recall per view shows which views the features hold apart."""
     folds = (LeaveOneGroupOut() if len(set(sites)) > 1
              else StratifiedKFold(5, shuffle=True, random_state=0))
     probe = LogisticRegression(C=PROBE_C, max_iter=3000)
-    return float(cross_val_score(probe, x, views, groups=sites, cv=folds).mean())
+    truth = np.asarray(views)
+    predicted = cross_val_predict(probe, x, truth, groups=sites, cv=folds)
+    recall = {view: float(np.mean(predicted[truth == view] == view)) for view in sorted(set(views))}
+    return ProbeReading(float(np.mean(predicted == truth)), recall)
 
 
 def merged_by_linkage(x: np.ndarray, assignments: np.ndarray, k: int) -> np.ndarray:
@@ -111,9 +129,9 @@ def main() -> None:
     neighbors = load_neighbors(store, key, space.image_ids)
     views, sites = labels_of(load_labels(store, args.labels), space.image_ids)
     print(f"{args.workdir}: {len(views)} scans, embedding {key}, seeds {args.seeds}")
-    print("linear probe with the labels, each site held out: as stored "
-          f"{linear_probe_accuracy(space.raw, views, sites):.3f}, site-centred "
-          f"{linear_probe_accuracy(space.vectors, views, sites):.3f}", flush=True)
+    print("linear probe with the labels, each site held out (accuracy, recall per view): "
+          f"as stored {linear_probe(space.raw, views, sites)}; site-centred "
+          f"{linear_probe(space.vectors, views, sites)}", flush=True)
     print("| K | variant | CP | NMI | ACC | smallest cluster | NMI vs site |")
     print("|---|---|---|---|---|---|---|")
     for k in args.clusters:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.heads import linear_probe_accuracy, merged_by_linkage, merged_by_neighbors
+from bench.heads import linear_probe, merged_by_linkage, merged_by_neighbors
 from fusc_lib.clustering import (
     PROTOTYPE_TEMPERATURE,
     TrainedHead,
@@ -74,10 +74,12 @@ def test_the_linear_probe_reads_views_that_are_there_and_not_views_that_are_not(
     x, labels = blobs(n=300)
     views = [f"view-{label}" for label in labels]
     sites = [f"site-{i % 3}" for i in range(300)]
-    assert linear_probe_accuracy(x, views, sites) >= 0.95
-    assert linear_probe_accuracy(x, views, ["one"] * 300) >= 0.95
+    reading = linear_probe(x, views, sites)
+    assert reading.accuracy >= 0.95 and min(reading.recall.values()) >= 0.9
+    assert sorted(reading.recall) == sorted(set(views))
+    assert linear_probe(x, views, ["one"] * 300).accuracy >= 0.95
     shuffled = list(np.random.default_rng(0).permutation(views))
-    assert linear_probe_accuracy(x, shuffled, sites) < 0.45
+    assert linear_probe(x, shuffled, sites).accuracy < 0.45
 
 
 def test_heads_keep_the_sizes_of_an_imbalanced_archive_where_kmeans_does():
