@@ -7,7 +7,8 @@ self-labeling (what `fusc run` keeps), the heads with the k-means size prior, an
 at 3 x K merged to K without labels (average linkage of the cluster means; greedy merging of the
 two clusters that share the most kNN edges). Labels only score, except in the first line: a
 logistic regression trained on the views and scored on each site held out (accuracy and recall
-per view), the ceiling a clustering of these features is read against. Seconds per K on a few hundred scans.
+per view), the ceiling a clustering of these features is read against. Seconds per K on a few
+hundred scans.
 
     .venv/bin/python -m bench.heads --workdir W --labels ../shared/data/fetal-planes-db-large/labels.csv \
         --clusters 15 6 4 --seeds 0 1 2
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, recall_score
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold, cross_val_predict
 
 from fusc_lib.clustering import self_label, train_cluster_heads
@@ -56,10 +58,10 @@ def linear_probe(x: np.ndarray, views: list[str], sites: list[str]) -> ProbeRead
     folds = (LeaveOneGroupOut() if len(set(sites)) > 1
              else StratifiedKFold(5, shuffle=True, random_state=0))
     probe = LogisticRegression(C=PROBE_C, max_iter=3000)
-    truth = np.asarray(views)
-    predicted = cross_val_predict(probe, x, truth, groups=sites, cv=folds)
-    recall = {view: float(np.mean(predicted[truth == view] == view)) for view in sorted(set(views))}
-    return ProbeReading(float(np.mean(predicted == truth)), recall)
+    predicted = cross_val_predict(probe, x, views, groups=sites, cv=folds)
+    names = sorted(set(views))
+    recall = recall_score(views, predicted, labels=names, average=None)
+    return ProbeReading(accuracy_score(views, predicted), dict(zip(names, recall.tolist())))
 
 
 def merged_by_linkage(x: np.ndarray, assignments: np.ndarray, k: int) -> np.ndarray:
