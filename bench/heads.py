@@ -55,10 +55,10 @@ def linear_probe(x: np.ndarray, views: list[str], sites: list[str]) -> ProbeRead
     what a linear classifier can read of the view from these features. The accuracy pools
     every held-out prediction, so a site whose scans are easy does not count as a fold's
     worth; the recall per view shows which views the features hold apart."""
-    folds = (LeaveOneGroupOut() if len(set(sites)) > 1
-             else StratifiedKFold(5, shuffle=True, random_state=0))
+    by_site = len(set(sites)) > 1
+    folds = LeaveOneGroupOut() if by_site else StratifiedKFold(5, shuffle=True, random_state=0)
     probe = LogisticRegression(C=PROBE_C, max_iter=3000)
-    predicted = cross_val_predict(probe, x, views, groups=sites, cv=folds)
+    predicted = cross_val_predict(probe, x, views, groups=sites if by_site else None, cv=folds)
     names = sorted(set(views))
     recall = recall_score(views, predicted, labels=names, average=None)
     return ProbeReading(accuracy_score(views, predicted), dict(zip(names, recall.tolist())))
