@@ -151,7 +151,7 @@ def ssl_config(args: argparse.Namespace, seed: int | None = None) -> SSLConfig:
     """The SSL options of the runs: the profile's, with those the command line gives."""
     return SSLConfig.from_profile(args.profile, seed=seed, method=args.method,
                                   images=args.ssl_images, epochs=args.ssl_epochs,
-                                  image_size=args.ssl_image_size)
+                                  image_size=args.ssl_image_size, rotation=args.ssl_rotation)
 
 
 @contextmanager
@@ -199,6 +199,9 @@ def main() -> None:
     parser.add_argument("--ssl-image-size", type=int, default=None,
                         help="side of the SSL training views, and of the embedding's input "
                              "(default: the profile's)")
+    parser.add_argument("--ssl-rotation", type=float, default=None,
+                        help="most degrees an SSL view turns either way (default: the "
+                             "profile's; 20 was the default until 2026-12-03)")
     parser.add_argument("--ssl-archive", nargs="+", default=None, metavar="SET",
                         help="train SSL once per seed on these ../shared/data sets, then cluster "
                              "the dataset with that model (`fusc run --ssl-run`)")
@@ -219,7 +222,8 @@ def main() -> None:
     archive = f", trained on {' + '.join(args.ssl_archive)}" if args.ssl_archive else ""
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images or "
-          f"{ssl.minutes} minutes, at most {ssl.epochs} epochs, {ssl.image_size} px{archive}), "
+          f"{ssl.minutes} minutes, at most {ssl.epochs} epochs, {ssl.image_size} px, views "
+          f"turned by up to {ssl.rotation:g}°{archive}), "
           f"site norms {args.site_norms}, "
           f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)

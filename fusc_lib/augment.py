@@ -1,8 +1,13 @@
 """Ultrasound augmentations: the views SimCLR and DINO learn to agree on, and the eval transform.
 
 Natural-image augmentations (colour jitter, solarisation, any crop) teach the wrong invariances
-here. A scan is a grey fan on black: crops must stay inside the fan, rotations stay small (a probe
-tilts, it never turns the image over) and flips are horizontal only. What differs between
+here. A scan is a grey fan on black: crops must stay inside the fan and flips are horizontal
+only. The SSL views turn by any angle (`SSLConfig.rotation`): the fan's apex is always at the top,
+but the fetus lies at any angle inside it, so a femur or a stomach bubble turned over is still
+that view, and a network that must match a view with its turned partner stops keying on where
+in the frame the anatomy sits (on african-planes that bought ~3 CP points, README). The other
+views (test-time embedding views, the network-mode stages) tilt only as a probe does
+(`PROBE_TILT`). What differs between
 hospitals is the machine's rendering -- gain, time-gain compensation, dynamic range (log
 compression), grey map, speckle grain, resolution. Generic features cluster hospitals rather than
 anatomy (../shared/data/README.md), so the style augmentations below are deliberately strong: a
@@ -31,6 +36,8 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 # A crop is kept when at least this share of it lies inside the fan; otherwise another is drawn.
 MIN_FAN_SHARE = 0.6
 _CROP_TRIES = 10
+# Degrees a probe tilts either way between two scans of one view.
+PROBE_TILT = 20.0
 
 
 def fan_share(fan: np.ndarray, box: Box) -> float:
@@ -71,7 +78,8 @@ def _bounding_box(fan: np.ndarray) -> Box:
 
 def flip_and_rotate(image: np.ndarray, rng: np.random.Generator,
                     max_degrees: float) -> np.ndarray:
-    """Horizontal flip half the time and a small rotation; corners fill with black (no fan)."""
+    """Horizontal flip half the time and a rotation by up to `max_degrees` either way; corners
+    fill with black (no fan)."""
     if rng.random() < 0.5:
         image = image[:, ::-1]
     size = image.shape[1], image.shape[0]
@@ -184,10 +192,11 @@ class EvalTransform:
 
 
 class UltrasoundView:
-    """One random view: a fan crop, a flip and small rotation, then a machine style."""
+    """One random view: a fan crop, a flip and a rotation, then a machine style."""
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
-                 scale: tuple[float, float], strength: float = 1.0, max_degrees: float = 20.0,
+                 scale: tuple[float, float], strength: float = 1.0,
+                 max_degrees: float = PROBE_TILT,
                  min_fan: float = MIN_FAN_SHARE):
         self.size = size
         self.scale = scale
@@ -210,8 +219,9 @@ class SimCLRViews:
     """Two views of one scan, drawn alike (SimCLR's symmetric pair)."""
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float],
-                 strength: float = 1.0):
-        self.view = UltrasoundView(size, mean, std, scale=(0.3, 1.0), strength=strength)
+                 strength: float = 1.0, max_degrees: float = PROBE_TILT):
+        self.view = UltrasoundView(size, mean, std, scale=(0.3, 1.0), strength=strength,
+                                   max_degrees=max_degrees)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> list[torch.Tensor]:
         fan = fan_area(image)
@@ -226,11 +236,13 @@ class DinoViews:
     """
 
     def __init__(self, global_size: int, local_size: int, n_local: int,
-                 mean: Sequence[float], std: Sequence[float], strength: float = 1.0):
+                 mean: Sequence[float], std: Sequence[float], strength: float = 1.0,
+                 max_degrees: float = PROBE_TILT):
         self.global_view = UltrasoundView(global_size, mean, std, scale=(0.4, 1.0),
-                                          strength=strength)
+                                          strength=strength, max_degrees=max_degrees)
         self.local_view = UltrasoundView(local_size, mean, std, scale=(0.08, 0.4),
-                                         strength=0.5 * strength, min_fan=0.75)
+                                         strength=0.5 * strength, max_degrees=max_degrees,
+                                         min_fan=0.75)
         self.n_local = n_local
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> list[torch.Tensor]:

@@ -155,6 +155,7 @@ def train_ssl(
     weight_decay: option(SSLConfig, "weight_decay", default=None),
     temperature: option(SSLConfig, "temperature", default=None),
     strength: option(SSLConfig, "strength", default=None),
+    rotation: option(SSLConfig, "rotation", default=None),
     dino_local_crops: option(SSLConfig, "dino_local_crops", default=None),
     dino_local_size: option(SSLConfig, "dino_local_size", default=None),
     workers: option(SSLConfig, "workers", default=None),

@@ -20,6 +20,7 @@ import torch
 
 from fusc_lib.augment import (
     MIN_FAN_SHARE,
+    PROBE_TILT,
     DinoViews,
     EvalTransform,
     SimCLRViews,
@@ -105,6 +106,25 @@ def test_views_have_the_right_shapes_and_differ(data_dir):
     assert torch.allclose(black, torch.full_like(black, -2.0))
 
 
+
+@pytest.mark.parametrize("method", ["simclr", "dino"])
+def test_ssl_views_turn_by_the_configured_rotation(method):
+    """The SSL views turn by up to `SSLConfig.rotation` degrees: at a probe's tilt the bright
+    top of a top-to-bottom ramp stays on top, turned freely it lands below about half the time."""
+    ramp = np.repeat(np.linspace(255, 40, 128)[:, None], 128, axis=1).astype(np.uint8)
+    backbone = create_backbone("efficientnet_lite0", init="random")
+    rng = np.random.default_rng(0)
+
+    def share_upside_down(rotation: float) -> float:
+        config = SSLConfig(method=method, init="random", image_size=64, rotation=rotation,
+                           dino_local_size=32, dino_local_crops=2)
+        make_views = create_views(config, backbone)  # the two (global) views of each draw
+        views = [view[0] for _ in range(60) for view in make_views(ramp, rng)[:2]]
+        half = views[0].shape[0] // 2
+        return float(np.mean([view[half:].mean() > view[:half].mean() for view in views]))
+
+    assert share_upside_down(PROBE_TILT) == 0.0
+    assert 0.3 < share_upside_down(180.0) < 0.7
 # --- backbones ---
 
 def test_imagenet_weights_load_into_efficientnet_lite0():

@@ -50,7 +50,7 @@ class DINO(SSLMethod):
     @staticmethod
     def views(config: SSLConfig, backbone: Backbone) -> ViewMaker:
         return DinoViews(config.image_size, config.dino_local_size, config.dino_local_crops,
-                         backbone.mean, backbone.std, config.strength)
+                         backbone.mean, backbone.std, config.strength, config.rotation)
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
         global_views, local_views = views[:GLOBAL_VIEWS], views[GLOBAL_VIEWS:]

@@ -44,7 +44,8 @@ class TwoViewMethod(SSLMethod):
 
     @staticmethod
     def views(config: SSLConfig, backbone: Backbone) -> ViewMaker:
-        return SimCLRViews(config.image_size, backbone.mean, backbone.std, config.strength)
+        return SimCLRViews(config.image_size, backbone.mean, backbone.std, config.strength,
+                           config.rotation)
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
         # Both views in one pass: one BatchNorm statistic over the pair, half the kernel launches.
