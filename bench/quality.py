@@ -201,7 +201,7 @@ def main() -> None:
                              "(default: the profile's)")
     parser.add_argument("--ssl-rotation", type=float, default=None,
                         help="most degrees an SSL view turns either way (default: the "
-                             "profile's; 20 was the default until 2026-12-03)")
+                             "profile's)")
     parser.add_argument("--ssl-archive", nargs="+", default=None, metavar="SET",
                         help="train SSL once per seed on these ../shared/data sets, then cluster "
                              "the dataset with that model (`fusc run --ssl-run`)")

@@ -2,12 +2,9 @@
 
 Natural-image augmentations (colour jitter, solarisation, any crop) teach the wrong invariances
 here. A scan is a grey fan on black: crops must stay inside the fan and flips are horizontal
-only. The SSL views turn by any angle (`SSLConfig.rotation`): the fan's apex is always at the top,
-but the fetus lies at any angle inside it, so a femur or a stomach bubble turned over is still
-that view, and a network that must match a view with its turned partner stops keying on where
-in the frame the anatomy sits (on african-planes that bought ~3 CP points, README). The other
-views (test-time embedding views, the network-mode stages) tilt only as a probe does
-(`PROBE_TILT`). What differs between
+only. Views tilt as a probe does (`PROBE_TILT`; the SSL views by `SSLConfig.rotation`, the same
+by default): turning them freely, though the fetus lies at any angle in the fan, lost purity on
+the African hospitals (README, Levers measured). What differs between
 hospitals is the machine's rendering -- gain, time-gain compensation, dynamic range (log
 compression), grey map, speckle grain, resolution. Generic features cluster hospitals rather than
 anatomy (../shared/data/README.md), so the style augmentations below are deliberately strong: a
