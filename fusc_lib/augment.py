@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from fusc_lib.config import PROBE_TILT
 from fusc_lib.ultrasound import fan_area
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
@@ -33,8 +34,6 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 # A crop is kept when at least this share of it lies inside the fan; otherwise another is drawn.
 MIN_FAN_SHARE = 0.6
 _CROP_TRIES = 10
-# Degrees a probe tilts either way between two scans of one view.
-PROBE_TILT = 20.0
 
 
 def fan_share(fan: np.ndarray, box: Box) -> float:

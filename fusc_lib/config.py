@@ -163,6 +163,9 @@ SSL_IMAGES = 12_000
 # and would take ~8 at 600 scans (README), so 18 minutes of SSL keep such a run within 30.
 SSL_MINUTES = 18.0
 NETWORK_IMAGES = 6_000
+# Degrees a probe tilts either way between two scans of one view: how far every augmented view
+# turns (`SSLConfig.rotation` for the SSL views; any angle, 180, lost purity: README).
+PROBE_TILT = 20.0
 
 
 class NetworkOptions(BaseModel):
@@ -275,7 +278,7 @@ class SSLConfig(BaseModel):
     temperature: float = Field(0.2, gt=0, description="SimCLR NT-Xent temperature.")
     strength: float = Field(0.5, ge=0, description="Scale of the machine-style augmentations "
                             "(gain, gamma, speckle, blur, ...).")
-    rotation: float = Field(20.0, ge=0, le=180,
+    rotation: float = Field(PROBE_TILT, ge=0, le=180,
                             description="Most degrees a training view turns either way: a "
                                         "probe's tilt. Turning views freely (180) lost 4-6 CP "
                                         "on african-planes (README, Levers measured).")

@@ -20,14 +20,13 @@ import torch
 
 from fusc_lib.augment import (
     MIN_FAN_SHARE,
-    PROBE_TILT,
     DinoViews,
     EvalTransform,
     SimCLRViews,
     fan_share,
     sample_fan_crop,
 )
-from fusc_lib.config import SSLConfig
+from fusc_lib.config import PROBE_TILT, SSLConfig
 from fusc_lib.ingest import IngestConfig
 from fusc_lib.models import create_backbone, create_method, create_views
 from fusc_lib.models.backbones import IMAGENET_WEIGHTS, load_by_order
@@ -106,7 +105,6 @@ def test_views_have_the_right_shapes_and_differ(data_dir):
     assert torch.allclose(black, torch.full_like(black, -2.0))
 
 
-
 @pytest.mark.parametrize("method", ["simclr", "dino"])
 def test_ssl_views_turn_by_the_configured_rotation(method):
     """The SSL views turn by up to `SSLConfig.rotation` degrees: at a probe's tilt the bright
@@ -125,6 +123,8 @@ def test_ssl_views_turn_by_the_configured_rotation(method):
 
     assert share_upside_down(PROBE_TILT) == 0.0
     assert 0.3 < share_upside_down(180.0) < 0.7
+
+
 # --- backbones ---
 
 def test_imagenet_weights_load_into_efficientnet_lite0():
