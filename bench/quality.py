@@ -21,6 +21,10 @@ seeds.
 seed, SSL trains in its own workdir on those sets (as `fusc train-ssl SETS`), and the dataset's
 `fusc run --ssl-run` clusters with that model, training nothing; its minutes are the run's, the
 archive's training is printed apart.
+
+`--name-machines` ingests through a manifest whose `device` column names each file's machine
+(from the labels' `device`; the hospital for sets without one), as an archive whose DICOM
+headers or manifest name them: `fusc sites` then groups by machine instead of inferring.
 """
 
 from __future__ import annotations
@@ -89,6 +93,19 @@ def device_labels(labels: Path, root: Path) -> Path | None:
     return path
 
 
+def machine_manifest(images: Path, labels: Path, root: Path) -> Path:
+    """A manifest (path, device) naming each labelled file's machine: the labels' `device`,
+    else its `site`."""
+    rows = list(csv.DictReader(open(labels)))
+    path = root / "machines.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "device"])
+        writer.writeheader()
+        writer.writerows({"path": str(images / r["file"]), "device": r.get("device") or r["site"]}
+                         for r in rows)
+    return path
+
+
 def score(store: Workdir, labels: Path, devices: Path | None, clusters: np.ndarray,
           image_ids: list[str]) -> dict[str, float]:
     views, sites = labels_of(load_labels(store, labels), image_ids)
@@ -110,10 +127,12 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
             embed["embedding"] = archive_model(args.ssl_archive, ssl, Path(root))
         network = {"mode": args.cluster_mode, "workers": ssl.workers, "use_gpu": ssl.use_gpu,
                    "seed": seed}  # as `fusc run --seed S --cluster-mode M` sets them
+        ingest = ({"paths": [], "manifest": str(machine_manifest(images, labels, Path(root)))}
+                  if args.name_machines else {"paths": [str(images)]})
         results: dict[str, dict] = {}
         for clusters in [args.clusters, *args.recluster]:
             started = time.monotonic()
-            config = RunConfig(ingest={"paths": [str(images)]}, ssl=ssl, sites={"seed": seed},
+            config = RunConfig(ingest=ingest, ssl=ssl, sites={"seed": seed},
                                embed=embed,
                                cluster={"clusters": clusters, **network}, self_label=network)
             run_all(store, config, echo=lambda report: print(
@@ -208,6 +227,9 @@ def main() -> None:
     parser.add_argument("--cluster-mode", default="frozen", choices=["frozen", "network"],
                         help="`fusc run --cluster-mode`: network trains the backbone in the "
                              "cluster and self-label stages too (about 8 minutes more on CPU)")
+    parser.add_argument("--name-machines", action="store_true",
+                        help="name each file's machine in a manifest (`device`), as DICOM "
+                             "headers would: style groups by machine, not inferred")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each seed's images and workdir in KEEP/seed-S (default: "
                              "temporary folders, removed)")
@@ -224,7 +246,8 @@ def main() -> None:
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images or "
           f"{ssl.minutes} minutes, at most {ssl.epochs} epochs, {ssl.image_size} px, views "
           f"turned by up to {ssl.rotation:g}°{archive}), "
-          f"site norms {args.site_norms}, "
+          f"site norms {args.site_norms}, machines "
+          f"{'named' if args.name_machines else 'inferred'}, "
           f"cluster mode {args.cluster_mode} (labels used only to score)")
     summarise(runs)
 

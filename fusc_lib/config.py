@@ -83,7 +83,7 @@ class IngestConfig(BaseModel):
     paths: list[str] = Field(default_factory=list, description="Folders (searched "
                              "recursively), globs, files or URIs (s3://...) of scans.")
     manifest: str | None = Field(None, description="CSV or Parquet with a `path` column and "
-                                 "optional site, patient, study.")
+                                 "optional site, device (the machine), patient, study.")
     keep_ocr_text: bool = Field(False, description="Store the raw OCR text. Off by default: "
                                 "burnt-in text can hold patient names.")
     batch_size: int = Field(8, ge=1, description="Files per worker call (one OCR batch).")

@@ -83,7 +83,7 @@ class ScanIngestor:
         data = read_source(source.uri)
         scan = decode(data, self.max_megapixels, self.frame_limit)
         tags = {"site": source.site or scan.tags.get("site"),
-                "device": scan.tags.get("device"),
+                "device": source.device or scan.tags.get("device"),
                 "patient_hash": hash_identifier(source.patient or scan.tags.get("patient"),
                                                 self.salt),
                 "study_hash": hash_identifier(source.study or scan.tags.get("study"), self.salt)}

@@ -27,7 +27,7 @@ from fusc_lib.models.encoder import Encoder, model_encoder, parse_embedding_key
 from fusc_lib.models.site_norms import SiteNorms, site_norms_uri
 from fusc_lib.preprocess import PreparedFrame, PreprocessConfig, Preprocessor
 from fusc_lib.review import review_state
-from fusc_lib.sites import site_of_new_scan
+from fusc_lib.sites import named_style_group, site_of_new_scan
 from fusc_lib.store import Workdir
 from fusc_lib.style import style_features
 from schemas.tables import ASSIGNMENTS, SCANS
@@ -38,11 +38,13 @@ TOP_K = 5  # clusters listed in a response, most probable first
 
 @dataclass(frozen=True)
 class ScanRequest:
-    """One file to place: its bytes (the format is read from them) and the site it comes from
-    if the caller knows it (a DICOM's InstitutionName otherwise)."""
+    """One file to place: its bytes (the format is read from them) and the site and machine it
+    comes from if the caller knows them (a DICOM's InstitutionName, Manufacturer and
+    ManufacturerModelName otherwise)."""
 
     data: bytes
     site: str | None = None
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,13 @@ class OnlineClusterer:
         return results
 
     def first_frame(self, request: ScanRequest) -> tuple[str, np.ndarray, str | None]:
-        """(image id, frame 0 pixels, given site) as ingest reads a file."""
+        """(image id, frame 0 pixels, named style group) as ingest and `fusc sites` read a
+        file."""
         scan = decode(request.data, self.preprocess.max_megapixels, frame_limit=1)
         _, pixels = next(scan.frames)
         image_id = frame_id(content_id(request.data), 0, scan.n_frames)
-        return image_id, pixels, request.site or scan.tags.get("site") or None
+        return image_id, pixels, named_style_group(request.site or scan.tags.get("site"),
+                                                   request.device or scan.tags.get("device"))
 
     def _prepare(self, frames: list[np.ndarray]) -> list[PreparedFrame | BadInput]:
         """Prepare together; if that fails, one by one to find the culprit (as ingest does)."""

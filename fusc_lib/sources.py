@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from fusc_lib.artifacts import resolve
 
-MANIFEST_COLUMNS = ("site", "patient", "study")
+MANIFEST_COLUMNS = ("site", "device", "patient", "study")
 _GLOB_CHARACTERS = "*?["
 
 
@@ -30,6 +30,7 @@ class Source:
 
     uri: str
     site: str | None = None
+    device: str | None = None  # the machine (make and model), where the manifest names it
     patient: str | None = None
     study: str | None = None
 
@@ -122,7 +123,8 @@ def _glob_root(pattern: str) -> str:
 
 
 def read_manifest(manifest: str) -> list[Source]:
-    """Sources from a CSV or Parquet manifest with a `path` column (optional site/patient/study).
+    """Sources from a CSV or Parquet manifest with a `path` column (optional site, device,
+    patient, study).
 
     Relative paths are taken relative to the manifest's own folder, so a manifest travels with
     its archive.
@@ -154,7 +156,7 @@ def _read_table(manifest: str) -> pa.Table:
 
 
 def gather_sources(locations: list[str], manifest: str | None = None) -> list[Source]:
-    """All sources named, each URI once (the manifest's row wins: it carries site/patient).
+    """All sources named, each URI once (the manifest's row wins: it carries site, device, patient).
 
     Raises `SourceError` naming every location (or the manifest) that yields no file at all: a
     nightly job must not look green while it ingests nothing.

@@ -1,4 +1,5 @@
-"""`fusc sites`: the site of every scan, given or inferred, into the `sites` table.
+"""`fusc sites`: the site of every scan (the site and machine named, or an inferred style
+group) into the `sites` table.
 
 The style statistics of each scan (`fusc_lib.sites.style_features`) are stored in `scans` by
 ingest; only rows without them (a workdir ingested before the column existed) are computed here,
@@ -20,7 +21,7 @@ import ray
 from fusc_lib.layout import SITE_MODEL
 from fusc_lib.preprocess import decode_png
 from fusc_lib.progress import progress_bar
-from fusc_lib.sites import resolve_sites
+from fusc_lib.sites import named_style_group, resolve_sites
 from fusc_lib.store import Workdir
 from fusc_lib.style import NEEDS_STYLE, STYLE_WIDTH, style_features
 from jobs.ray_runtime import IMAGE_READ_ROWS, ray_for_job
@@ -83,9 +84,11 @@ def style_matrix(workdir: Workdir, table: pa.Table, ray_address: str | None) -> 
 
 def run_sites(workdir: Workdir, ray_address: str | None = None, seed: int = 0) -> SitesSummary:
     started = monotonic()
-    table = workdir.scans(["image_id", "site", "style"]).sort_by("image_id")
+    table = workdir.scans(["image_id", "site", "device", "style"]).sort_by("image_id")
     features, computed = style_matrix(workdir, table, ray_address)
-    sites, inferred, model = resolve_sites(table.column("site").to_pylist(), features, seed=seed)
+    named = [named_style_group(site, device) for site, device in
+             zip(table.column("site").to_pylist(), table.column("device").to_pylist())]
+    sites, inferred, model = resolve_sites(named, features, seed=seed)
     workdir.overwrite(SITES, pa.table({"image_id": table.column("image_id"),
                                        "site": pa.array(sites, pa.string()),
                                        "inferred": pa.array(inferred)}))

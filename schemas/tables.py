@@ -28,7 +28,7 @@ SCANS_SCHEMA = pa.schema([
     pa.field("width", pa.int32(), nullable=False),  # of the original frame
     pa.field("height", pa.int32(), nullable=False),
     pa.field("site", pa.string()),  # manifest `site`, else DICOM InstitutionName, else null
-    pa.field("device", pa.string()),  # DICOM Manufacturer + ManufacturerModelName
+    pa.field("device", pa.string()),  # manifest `device`, else DICOM Manufacturer + ModelName
     pa.field("patient_hash", pa.string()),  # salted hash; a patient id is never stored in clear
     pa.field("study_hash", pa.string()),
     pa.field("image", pa.binary(), nullable=False),  # preprocessed PNG, grey, size x size
@@ -64,8 +64,9 @@ QUARANTINE_SCHEMA = pa.schema([
 ])
 
 
-# Where each scan came from, as the clustering stages see it: the given site where the manifest
-# or DICOM named one, else the style group `fusc sites` inferred. Rewritten whole by that stage.
+# Where each scan came from, as the clustering stages see it: the site and machine the manifest
+# or DICOM named ("site / device", either alone where only one is named), else the style group
+# `fusc sites` inferred. Rewritten whole by that stage.
 SITES_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),
     pa.field("site", pa.string(), nullable=False),

@@ -145,11 +145,15 @@ class ClusterService:
               dependencies=TOKEN_REQUIRED)
     async def cluster(self, request: Request,
                       site: Annotated[str | None, Query(max_length=200, description=(
-                          "Hospital or machine the scan comes from, as named in the archive's "
-                          "manifest; default: the DICOM's InstitutionName, else inferred."))
-                                      ] = None) -> dict:
+                          "Hospital the scan comes from, as named in the archive's manifest; "
+                          "default: the DICOM's InstitutionName."))] = None,
+                      device: Annotated[str | None, Query(max_length=200, description=(
+                          "Machine the scan was made on, as named in the manifest's `device`; "
+                          "default: the DICOM's Manufacturer + ManufacturerModelName. With "
+                          "neither site nor device, the style group is inferred."))] = None
+                      ) -> dict:
         """The cluster of one scan, sent as the raw body or as the multipart field `file`."""
-        scan = await self._embedded(request, site)
+        scan = await self._embedded(request, site, device)
         return self.online.classify(scan)
 
     @api.post("/v1/similar", response_model=SimilarResponse, openapi_extra=SCAN_BODY,
@@ -158,14 +162,15 @@ class ClusterService:
                       k: Annotated[int, Query(ge=1, le=MAX_SIMILAR,
                                               description="Scans returned.")] = 10) -> dict:
         """The k archived scans most similar to this one (vector search over `embeddings`)."""
-        scan = await self._embedded(request, None)
+        scan = await self._embedded(request, None, None)
         return await asyncio.to_thread(self.online.similar, scan, k)
 
     # --- helpers -----------------------------------------------------------------------------
 
-    async def _embedded(self, request: Request, site: str | None) -> EmbeddedScan:
+    async def _embedded(self, request: Request, site: str | None, device: str | None
+                        ) -> EmbeddedScan:
         data = await read_scan(request, int(self.config.max_body_mb * MIB))
-        result = await self._embed(ScanRequest(data, site))
+        result = await self._embed(ScanRequest(data, site, device))
         if isinstance(result, BadInput):
             raise HTTPException(422, f"{result.stage}: {result.reason}")
         return result

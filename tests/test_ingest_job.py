@@ -20,7 +20,8 @@ from fusc_lib.io import content_id
 from fusc_lib.preprocess import PreprocessConfig, decode_png, workdir_preprocess
 from fusc_lib.store import Workdir
 from jobs.ingest import run_ingest
-from schemas.tables import DUPLICATES, QUARANTINE, SCANS
+from jobs.sites import run_sites
+from schemas.tables import DUPLICATES, QUARANTINE, SCANS, SITES
 from tests.dicom_files import make_dicom
 
 GOOD_PNGS = 8
@@ -128,20 +129,27 @@ def test_new_files_add_only_themselves_and_duplicates_are_recorded(ray_session, 
     assert (again.rows_ingested, again.duplicates, again.files_already_done) == (0, 0, 3)
 
 
-def test_manifest_sites_patients_and_unreadable_paths(ray_session, data_dir, tmp_path):
-    images = _real_images(data_dir)[:2]
+def test_manifest_sites_devices_patients_and_unreadable_paths(ray_session, data_dir, tmp_path):
+    images = _real_images(data_dir)[:3]
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("path,site,patient\n"
-                        f"{images[0]},hospital-a,P-001\n"
-                        f"{images[1]},hospital-b,P-002\n"
-                        f"{tmp_path / 'missing.png'},hospital-b,P-003\n"
-                        f"{tmp_path},hospital-b,P-004\n")  # a folder where a file should be
+    manifest.write_text("path,site,device,patient\n"
+                        f"{images[0]},hospital-a,Aloka SSD-4000,P-001\n"
+                        f"{images[1]},hospital-b,,P-002\n"
+                        f"{images[2]},,GE Voluson E6,P-005\n"
+                        f"{tmp_path / 'missing.png'},hospital-b,,P-003\n"
+                        f"{tmp_path},hospital-b,,P-004\n")  # a folder where a file should be
     store, summary = _ingest(tmp_path / "w", [], manifest=str(manifest))
-    assert (summary.rows_ingested, summary.quarantined) == (2, 2)
-    scans = store.table(SCANS).to_arrow()
-    assert sorted(scans.column("site").to_pylist()) == ["hospital-a", "hospital-b"]
+    assert (summary.rows_ingested, summary.quarantined) == (3, 2)
+    scans = store.table(SCANS).to_arrow().sort_by("source_uri")
+    assert scans.column("site").to_pylist() == ["hospital-a", "hospital-b", None]
+    assert scans.column("device").to_pylist() == ["Aloka SSD-4000", None, "GE Voluson E6"]
+    # The style group of each scan is the site and machine named, each where known.
+    run_sites(store)
+    groups = dict(zip(*store.read(SITES, ["image_id", "site"]).to_pydict().values()))
+    assert [groups[i] for i in scans.column("image_id").to_pylist()] == [
+        "hospital-a / Aloka SSD-4000", "hospital-b", "GE Voluson E6"]
     hashes = scans.column("patient_hash").to_pylist()
-    assert len(set(hashes)) == 2 and not any(h.startswith("P-") for h in hashes)
+    assert len(set(hashes)) == 3 and not any(h.startswith("P-") for h in hashes)
     stages = set(store.table(QUARANTINE).to_arrow().column("stage").to_pylist())
     assert stages == {"read"}
 

@@ -31,7 +31,7 @@ from fusc_lib.preprocess import workdir_preprocess
 from fusc_lib.review import Decision, record
 from fusc_lib.store import Workdir
 from jobs.run import run_all
-from schemas.tables import ASSIGNMENTS
+from schemas.tables import ASSIGNMENTS, SITES
 from tests.dicom_files import make_dicom
 
 TOKEN = "test-token-0123456789"
@@ -108,6 +108,9 @@ def test_online_cluster_is_the_offline_assignment(workdir, url):
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     norms = SiteNorms.load(site_norms_uri(store, ClusterModel.load(store, version).embedding))
     assert norms is not None and norms.sites  # offline and served alike: per-site statistics
+    # The DICOMs name their hospital and machine: one style group, offline as served.
+    assert "St Example Hospital / GE Healthcare Voluson E10" in set(
+        store.read(SITES, ["site"]).column("site").to_pylist())
     for answer in map(requests.Response.json, answers):
         row = offline[answer["image_id"]]
         assert answer["cluster_id"] == row["cluster_id"] and answer["model_version"] == version
@@ -119,6 +122,16 @@ def test_online_cluster_is_the_offline_assignment(workdir, url):
         assert answer["cluster_name"] is None and answer["pseudo_view"] == "unknown"
     cine = answers[files.index(archive / "cine.dcm")].json()
     assert cine["image_id"].endswith("-f0000")  # a multi-frame file: its first frame
+    # The caller naming the same hospital and machine gets the same group; the hospital alone
+    # names another (unseen) group, centred on the overall mean: another confidence.
+    named = {"site": "St Example Hospital", "device": "GE Healthcare Voluson E10"}
+    same = _post(url, "/v1/cluster", (archive / "cine.dcm").read_bytes(), "application/dicom",
+                 params=named).json()
+    assert same["confidence"] == pytest.approx(cine["confidence"], abs=1e-6)
+    hospital_only = _post(url, "/v1/cluster", (archive / "cine.dcm").read_bytes(),
+                          "application/dicom", params={"site": "St Example Hospital",
+                                                       "device": " "}).json()
+    assert hospital_only["confidence"] != pytest.approx(cine["confidence"], abs=1e-6)
 
 
 def test_concurrent_requests_get_their_own_answers(workdir, url):

@@ -11,6 +11,7 @@ from fusc_lib.sites import (
     CENTERING_ROWS,
     SiteCentering,
     SiteModel,
+    named_style_group,
     resolve_sites,
 )
 from fusc_lib.style import style_features
@@ -61,6 +62,13 @@ def test_given_sites_are_kept_and_only_the_rest_inferred(two_machines):
     assert inferred[20:].all() and all(s.startswith("style-") for s in sites[20:])
     all_given, none_inferred, model = resolve_sites(machines, features)
     assert all_given == machines and not none_inferred.any() and model is None
+
+
+def test_a_named_site_and_machine_make_one_style_group():
+    assert named_style_group("st-marys", "GE Voluson E8") == "st-marys / GE Voluson E8"
+    assert named_style_group("st-marys", None) == "st-marys"
+    assert named_style_group(" ", "Aloka") == "Aloka"
+    assert named_style_group(None, "") is None
 
 
 def test_centering_removes_each_site_mean_and_handles_unknown_sites():
