@@ -170,7 +170,8 @@ def ssl_config(args: argparse.Namespace, seed: int | None = None) -> SSLConfig:
     """The SSL options of the runs: the profile's, with those the command line gives."""
     return SSLConfig.from_profile(args.profile, seed=seed, method=args.method,
                                   images=args.ssl_images, epochs=args.ssl_epochs,
-                                  image_size=args.ssl_image_size, rotation=args.ssl_rotation)
+                                  image_size=args.ssl_image_size, rotation=args.ssl_rotation,
+                                  frozen_stages=args.ssl_frozen_stages)
 
 
 @contextmanager
@@ -221,6 +222,9 @@ def main() -> None:
     parser.add_argument("--ssl-rotation", type=float, default=None,
                         help="most degrees an SSL view turns either way (default: the "
                              "profile's)")
+    parser.add_argument("--ssl-frozen-stages", type=int, default=None,
+                        help="backbone stages kept at their ImageNet weights (default: the "
+                             "profile's)")
     parser.add_argument("--ssl-archive", nargs="+", default=None, metavar="SET",
                         help="train SSL once per seed on these ../shared/data sets, then cluster "
                              "the dataset with that model (`fusc run --ssl-run`)")
@@ -245,7 +249,7 @@ def main() -> None:
     print(f"\n{args.dataset}, {args.clusters} clusters (re-clustered at {args.recluster}), seeds "
           f"{args.seeds}, profile {args.profile}, method {ssl.method} ({ssl.images} images or "
           f"{ssl.minutes} minutes, at most {ssl.epochs} epochs, {ssl.image_size} px, views "
-          f"turned by up to {ssl.rotation:g}°{archive}), "
+          f"turned by up to {ssl.rotation:g}°, {ssl.frozen_stages} stages frozen{archive}), "
           f"site norms {args.site_norms}, machines "
           f"{'named' if args.name_machines else 'inferred'}, "
           f"cluster mode {args.cluster_mode} (labels used only to score)")

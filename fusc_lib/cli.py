@@ -156,6 +156,7 @@ def train_ssl(
     temperature: option(SSLConfig, "temperature", default=None),
     strength: option(SSLConfig, "strength", default=None),
     rotation: option(SSLConfig, "rotation", default=None),
+    frozen_stages: option(SSLConfig, "frozen_stages", default=None),
     dino_local_crops: option(SSLConfig, "dino_local_crops", default=None),
     dino_local_size: option(SSLConfig, "dino_local_size", default=None),
     workers: option(SSLConfig, "workers", default=None),
@@ -203,8 +204,9 @@ def sites(
 ) -> None:
     """Give every scan a site, named or inferred, so clustering can take hospital style out.
 
-    The manifest's or DICOM's site where named; otherwise a style group inferred from frame
-    size, fan geometry, grey levels and speckle texture.
+    The site and machine the manifest (columns site, device) or DICOM (InstitutionName,
+    Manufacturer + ManufacturerModelName) names, as "site / device"; otherwise a style group
+    inferred from frame size, fan geometry, grey levels and speckle texture.
     """
     from fusc_lib.store import Workdir
     from jobs.sites import run_sites

@@ -172,7 +172,9 @@ def _run_config(workdir: Workdir, config: SSLConfig, resume: bool) -> SSLConfig:
         raise ValueError(f"run {config.run!r} exists in {folder}; pass --resume to continue it "
                          "or --run-name to start another")
     if resume:
-        stored = SSLConfig(**json.loads(read_bytes(f"{folder}/{SSL_CONFIG}")))
+        # a run stored before `frozen_stages` existed trained every stage
+        stored = SSLConfig(**{"frozen_stages": 0,
+                              **json.loads(read_bytes(f"{folder}/{SSL_CONFIG}"))})
         hardware = {"workers", "cpus_per_worker", "use_gpu"}
         return stored.model_copy(update=config.model_dump(include=hardware))
     write_bytes(f"{folder}/{SSL_CONFIG}", config.model_dump_json(indent=2).encode())

@@ -185,12 +185,13 @@ def _assert_unit_embeddings(store: Workdir, run: str, dim: int) -> None:
 
 
 def test_simclr_run_killed_after_an_epoch_resumes_from_its_checkpoint(workdir, ray_session):
-    run, epochs = "simclr-killed", 4
+    """From ImageNet weights, the quick profile's first stages frozen (`frozen_stages`)."""
+    run, epochs, options = "simclr-killed", 4, {**TINY, "init": "imagenet"}
     script = ("import sys; from fusc_lib.store import Workdir; "
               "from fusc_lib.config import SSLConfig; "
               "from jobs.train_ssl import run_train_ssl; "
               "run_train_ssl(Workdir(sys.argv[1]), SSLConfig.from_profile('quick', "
-              f"run_name={run!r}, epochs={epochs}, **{TINY!r}), sys.argv[2])")
+              f"run_name={run!r}, epochs={epochs}, **{options!r}), sys.argv[2])")
     command = [sys.executable, "-c", script, workdir.root,
                ray_session.get_runtime_context().gcs_address]
     process = subprocess.Popen(command, cwd=Path(__file__).parents[1],
@@ -218,6 +219,24 @@ def test_simclr_run_killed_after_an_epoch_resumes_from_its_checkpoint(workdir, r
     assert all(np.isfinite(row["loss"]) and row["images_per_s"] > 0 for row in history)
     assert config["backbone"] == "efficientnet_lite0" and config["image_size"] == 32
     _assert_unit_embeddings(workdir, run, 1280)
+    # The stem and first four stages kept their ImageNet weights through both sessions; the
+    # later stages trained.
+    trained = torch.load(Path(workdir.ssl_run_dir(run)) / "backbone.pt", map_location="cpu")
+    imagenet = create_backbone("efficientnet_lite0", "imagenet").net.state_dict()
+    assert config["frozen_stages"] == 5
+    for name in ("conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.3.2.conv_pwl.weight"):
+        assert torch.equal(trained[name], imagenet[name]), name
+    for name in ("blocks.4.0.conv_pw.weight", "conv_head.weight"):
+        assert not torch.equal(trained[name], imagenet[name]), name
+
+
+def test_frozen_stages_follow_timm_groups_from_the_input():
+    backbone = create_backbone("resnet18", "random")
+    frozen = backbone.freeze_stages(2)  # the stem and layer1
+    assert {name.split(".")[0] for name in frozen} == {"conv1", "bn1", "layer1"}
+    trainable = {name.split(".")[0] for name, p in backbone.net.named_parameters()
+                 if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
 
 
 @pytest.mark.parametrize("method", ["barlowtwins", "vicreg"])

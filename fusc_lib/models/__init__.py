@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fusc_lib.config import SSLConfig
-from fusc_lib.models.backbones import Backbone, create_backbone
+from fusc_lib.models.backbones import RANDOM, Backbone, create_backbone
 from fusc_lib.models.dino import DINO
 from fusc_lib.models.fusc_network import FUSCNetwork
 from fusc_lib.models.self_label_network import SelfLabelNetwork
@@ -18,9 +18,12 @@ METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "barlowtwins": BarlowTw
 
 
 def create_method(config: SSLConfig) -> SSLMethod:
-    """The method `config.method` around a fresh `config.backbone`, seeded by `config.seed`."""
+    """The method `config.method` around a fresh `config.backbone`, seeded by `config.seed`;
+    its first `config.frozen_stages` stages frozen where it starts from trained weights."""
     torch.manual_seed(config.seed)
     backbone = create_backbone(config.backbone, config.init, config.image_size)
+    if config.init != RANDOM:
+        backbone.freeze_stages(config.frozen_stages)
     return METHODS[config.method].from_config(config, backbone)
 
 

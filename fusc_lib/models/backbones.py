@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+from timm.models import group_parameters
 import torch
 from torch import nn
 
@@ -88,6 +89,18 @@ class Backbone(nn.Module):
     @property
     def dim(self) -> int:
         return self.net.num_features
+
+    def freeze_stages(self, count: int) -> list[str]:
+        """Keep the first `count` coarse parameter groups of the network at their current
+        weights (timm's `group_matcher(coarse=True)`, ordered from the input: the stem, then
+        each stage): no gradient, so no backward pass through them. BatchNorm statistics still
+        follow the data in training mode. Returns the names of the frozen parameters."""
+        groups = group_parameters(self.net, self.net.group_matcher(coarse=True))
+        frozen = [name for group in sorted(groups)[:count] for name in groups[group]]
+        parameters = dict(self.net.named_parameters())
+        for name in frozen:
+            parameters[name].requires_grad_(False)
+        return frozen
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=torch.channels_last))
