@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-from timm.models import group_parameters
 import torch
+from timm.models import group_parameters
 from torch import nn
 
 from fusc_lib.artifacts import load_torch
