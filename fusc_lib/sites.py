@@ -6,13 +6,14 @@ names the site or the machine (manifest columns `site`, `device`; DICOM Institut
 Manufacturer + ManufacturerModelName) the group is the site and machine named: one hospital's
 machines look as different as two hospitals' (fetal-planes-db-large with its machines named:
 `fusc run` purity at 15 clusters 0.886 -> 0.910, NMI at 6 0.649 -> 0.687; README, "Levers
-measured"). Otherwise scans are put in *style groups*: first by the size of the exported
-frame, which a machine and its preset fix whatever the probe points at (on the five-hospital african-planes set it recovers the hospital
-exactly, where pixel statistics reach NMI 0.3-0.8); where every frame has the same size, by
-pixel style instead (fan geometry, grey levels, speckle). The number of groups is chosen by
-silhouette, and no split at all is made without clear structure. The clustering space is then
-the embedding centred per site: a site's mean vector is mostly its style, so subtracting it
-leaves what differs between scans of one machine, which is mostly the view.
+measured"). Otherwise scans are put in *style groups*: first by the size of the exported frame,
+which a machine and its preset fix whatever the probe points at (on the five-hospital
+african-planes set it recovers the hospital exactly, where pixel statistics reach NMI 0.3-0.8);
+where every frame has the same size, by pixel style instead (fan geometry, grey levels,
+speckle). The number of groups is chosen by silhouette, and no split at all is made without
+clear structure. The clustering space is then the embedding centred per site: a site's mean
+vector is mostly its style, so subtracting it leaves what differs between scans of one machine,
+which is mostly the view.
 """
 
 from __future__ import annotations
