@@ -71,12 +71,16 @@ def dataset_folder(name: str, root: Path) -> tuple[Path, Path]:
             rows.append({"file": row["file"], "view": row["view"], "site": row["site"],
                          "device": row.get("device") or row["site"]})
             shutil.copy(DATA / part / "images" / row["file"], images / row["file"])
-    labels = root / "pooled-labels.csv"
-    with open(labels, "w", newline="") as handle:
+    return images, write_rows(root / "pooled-labels.csv", rows)
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """`rows` (dicts with the same keys) as a CSV at `path`; returns `path`."""
+    with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return images, labels
+    return path
 
 
 def device_labels(labels: Path, root: Path) -> Path | None:
@@ -84,26 +88,16 @@ def device_labels(labels: Path, root: Path) -> Path | None:
     rows = list(csv.DictReader(open(labels)))
     if "device" not in rows[0]:
         return None
-    path = root / "device-labels.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "view", "site"])
-        writer.writeheader()
-        writer.writerows({"file": r["file"], "view": r["view"], "site": r["device"]}
-                         for r in rows)
-    return path
+    return write_rows(root / "device-labels.csv",
+                      [{"file": r["file"], "view": r["view"], "site": r["device"]} for r in rows])
 
 
 def machine_manifest(images: Path, labels: Path, root: Path) -> Path:
     """A manifest (path, device) naming each labelled file's machine: the labels' `device`,
     else its `site`."""
-    rows = list(csv.DictReader(open(labels)))
-    path = root / "machines.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "device"])
-        writer.writeheader()
-        writer.writerows({"path": str(images / r["file"]), "device": r.get("device") or r["site"]}
-                         for r in rows)
-    return path
+    return write_rows(root / "machines.csv",
+                      [{"path": str(images / r["file"]), "device": r.get("device") or r["site"]}
+                       for r in csv.DictReader(open(labels))])
 
 
 def score(store: Workdir, labels: Path, devices: Path | None, clusters: np.ndarray,
