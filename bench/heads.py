@@ -1,4 +1,4 @@
-"""FUSC heads against k-means on one workdir's stored clustering space, several seeds.
+"""FUSC heads against k-means on one workdir's clustering space, several seeds.
 
 What the cluster stage alone buys, with the embeddings fixed: k-means (the paper's baseline) on
 the embeddings as stored and on the site-centred space the heads train on, beside the heads with
@@ -8,7 +8,9 @@ at 3 x K merged to K without labels (average linkage of the cluster means; greed
 two clusters that share the most kNN edges). Labels only score, except in the first line: a
 logistic regression trained on the views and scored on each site held out (accuracy and recall
 per view), the ceiling a clustering of these features is read against. Seconds per K on a few
-hundred scans.
+hundred scans. The space is built from the stored embeddings and sites by today's code, and its
+neighbours mined in it as `fusc neighbors` would, so a change to the clustering space is measured
+without re-running the workdir's stages.
 
     .venv/bin/python -m bench.heads --workdir W --labels ../shared/data/fetal-planes-db-large/labels.csv \
         --clusters 15 6 4 --seeds 0 1 2
@@ -27,10 +29,12 @@ from sklearn.metrics import accuracy_score, recall_score
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold, cross_val_predict
 
 from fusc_lib.clustering import self_label, train_cluster_heads
-from fusc_lib.clustering_space import clustering_space, latest_embedding, load_neighbors
+from fusc_lib.clustering_space import clustering_space, latest_embedding
+from fusc_lib.config import NeighborsConfig
 from fusc_lib.diagnostics import clustering_scores
 from fusc_lib.labels import labels_of, load_labels
 from fusc_lib.metrics import kmeans_clusters
+from fusc_lib.neighbors import mine_neighbors
 from fusc_lib.store import Workdir
 
 COLUMNS = ("purity", "nmi", "accuracy", "smallest_cluster_share", "nmi_site")
@@ -128,7 +132,7 @@ def main() -> None:
     store = Workdir(args.workdir)
     key = args.embedding or latest_embedding(store)
     space = clustering_space(store, key)
-    neighbors = load_neighbors(store, key, space.image_ids)
+    neighbors = mine_neighbors(space.vectors, NeighborsConfig().k)[0]
     views, sites = labels_of(load_labels(store, args.labels), space.image_ids)
     print(f"{args.workdir}: {len(views)} scans, embedding {key}, seeds {args.seeds}")
     print("linear probe with the labels, each site held out (accuracy, recall per view): "

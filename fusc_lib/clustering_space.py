@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fusc_lib.sites import SiteCentering
+from fusc_lib.sites import SiteCentering, load_site_model
 from fusc_lib.store import Workdir
 from schemas.tables import SITES
 
@@ -93,12 +93,14 @@ def load_sites(workdir: Workdir, image_ids: list[str]) -> list[str]:
 
 
 def clustering_space(workdir: Workdir, embedding: str) -> ClusteringSpace:
-    """The embeddings of `embedding`, centred per site (the `sites` table) in place: (N, D)
-    float32 unit rows in sorted image-id order. Raises ValueError when a stage before is
+    """The embeddings of `embedding`, centred per site (the `sites` table; a one-view style
+    group on its nearest group's mean, `SiteCentering.fit`) in place: (N, D) float32 unit rows
+    in sorted image-id order. Raises ValueError when a stage before is
     missing (no embeddings, no sites, scans embedded since `fusc sites`)."""
     image_ids, vectors = load_embeddings(workdir, embedding)
     sites = load_sites(workdir, image_ids)
-    centering = SiteCentering.fit(vectors, sites)
+    site_model = load_site_model(workdir)
+    centering = SiteCentering.fit(vectors, sites, site_model.positions() if site_model else None)
     return ClusteringSpace(workdir, embedding, image_ids, sites, centering,
                            centering.centre_in_place(vectors, sites))
 

@@ -5,7 +5,7 @@ Messages go to stderr; the tables a user may want to keep (cluster sizes, scores
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,10 +91,20 @@ def sites(summary) -> None:
             "ingested before ingest stored them")
 
 
+def describe_folded(folded: Mapping[str, str]) -> str:
+    """`fusc_lib.sites.SiteCentering.folded` for people: "" when no group was folded."""
+    if not folded:
+        return ""
+    pairs = ", ".join(f"{site} -> {target}" for site, target in folded.items())
+    return f"style groups holding one view, centred as their nearest group: {pairs}"
+
+
 def neighbours(summary) -> None:
     say(f"{summary.embedding}: {summary.scans} scans × {summary.k} neighbours, "
         f"{summary.index}, mean similarity {summary.mean_similarity:.3f} "
         f"({summary.seconds:.1f} s)")
+    if summary.folded:
+        say(describe_folded(summary.folded))
 
 
 def clustered(summary) -> None:

@@ -30,6 +30,7 @@ class NeighborsSummary:
     index: str
     mean_similarity: float
     seconds: float
+    folded: dict[str, str]  # one-view style group -> the group whose mean centred it
 
 
 def run_neighbors(workdir: Workdir, config: NeighborsConfig) -> NeighborsSummary:
@@ -44,7 +45,8 @@ def run_neighbors(workdir: Workdir, config: NeighborsConfig) -> NeighborsSummary
     workdir.append(NEIGHBORS, rows)
     return NeighborsSummary(embedding, rows.num_rows, k,
                             choose_index(rows.num_rows, use_gpu=use_gpu).describe(),
-                            float(similarities.mean()), monotonic() - started)
+                            float(similarities.mean()), monotonic() - started,
+                            space.centering.folded)
 
 
 def neighbor_rows(image_ids: list[str], embedding: str, indices: np.ndarray,

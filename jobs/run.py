@@ -51,6 +51,7 @@ from fusc_lib.metrics import chance_confidence_warning
 from fusc_lib.models.encoder import backbone_of, embedding_key, is_trained, parse_embedding_key
 from fusc_lib.models.self_label_network import write_start
 from fusc_lib.preprocess import workdir_preprocess
+from fusc_lib.reporting import describe_folded
 from fusc_lib.sources import Source, gather_sources
 from fusc_lib.ssl_training import training_extent
 from fusc_lib.store import Workdir
@@ -212,7 +213,8 @@ def _sites(workdir: Workdir, config: RunConfig, ray_address: str | None) -> str:
 
 def _neighbors(workdir: Workdir, config: NeighborsConfig) -> str:
     result = run_neighbors(workdir, config)
-    return f"k = {result.k}, {result.index}"
+    return "; ".join(filter(None, [f"k = {result.k}, {result.index}",
+                                   describe_folded(result.folded)]))
 
 
 def _cluster(workdir: Workdir, config: ClusterConfig, ray_address: str | None) -> str:

@@ -88,6 +88,53 @@ def test_centering_removes_each_site_mean_and_handles_unknown_sites():
     assert np.isfinite(unknown).all()
 
 
+def _machine_scans(rng, style: np.ndarray, views: np.ndarray, counts: list[int]) -> np.ndarray:
+    """Unit vectors: the machine's style + each view's direction (`counts[v]` scans of view v)
+    + scan noise."""
+    rows = np.concatenate([style + views[v] + rng.normal(scale=0.8, size=(n, len(style)))
+                           for v, n in enumerate(counts)])
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_a_style_group_holding_one_view_is_centred_as_its_nearest_group():
+    """A machine's cardiac preset exports another frame size: frame-size grouping makes it a
+    group of its own that holds one view, and centred on its own mean it would lose that view.
+    Its narrow spread gives it away; it is centred on its nearest group's mean instead. Groups
+    with several views are never folded, a small one (6 scans) included."""
+    rng = np.random.default_rng(3)
+    dim = 48
+    views = rng.normal(scale=0.8, size=(4, dim))
+    machine_a, machine_b = rng.normal(size=dim), rng.normal(size=dim)
+    groups = {"style-0": _machine_scans(rng, machine_a, views, [15, 15, 15, 15]),
+              "style-1": _machine_scans(rng, machine_b, views, [25, 10, 10, 15]),
+              "style-2": _machine_scans(rng, machine_a, views, [0, 12, 0, 0]),  # a's preset
+              "style-3": _machine_scans(rng, machine_b, views, [2, 1, 1, 2])}
+    vectors = np.concatenate(list(groups.values()))
+    sites = [site for site, rows in groups.items() for _ in rows]
+    view_of = np.concatenate([np.repeat(np.arange(4), counts) for counts in
+                              ([15] * 4, [25, 10, 10, 15], [0, 12, 0, 0], [2, 1, 1, 2])])
+    positions = {"style-0": np.array([0.0, 0.0]), "style-1": np.array([3.0, 3.0]),
+                 "style-2": np.array([0.6, -0.9]), "style-3": np.array([-4.0, 2.0])}
+
+    folded = SiteCentering.fit(vectors, sites, positions)
+    assert folded.folded == {"style-2": "style-0"}
+    assert np.array_equal(folded.means["style-2"], folded.means["style-0"])
+    assert SiteCentering.from_dict(folded.to_dict()).folded == folded.folded
+    old = {key: value for key, value in folded.to_dict().items() if key != "folded"}
+    assert SiteCentering.from_dict(old).folded == {}  # a model saved before folding existed
+
+    def preset_view_kept(centering: SiteCentering) -> float:
+        """Share of the preset's scans whose nearest scan of another group has their view."""
+        centred = centering.apply(vectors, sites)
+        preset, others = np.asarray(sites) == "style-2", np.asarray(sites) != "style-2"
+        nearest = (centred[preset] @ centred[others].T).argmax(axis=1)
+        return float((view_of[others][nearest] == 1).mean())
+
+    assert preset_view_kept(folded) >= 0.9
+    unfolded = SiteCentering.fit(vectors, sites)  # no positions: every group on its own mean
+    assert unfolded.folded == {} and preset_view_kept(unfolded) < 0.6
+
+
 def test_centering_over_many_blocks_matches_the_plain_means_and_works_in_place():
     """Fit and centring go through the rows a block at a time (CENTERING_ROWS): over several
     blocks the means are those of the whole site, and `centre_in_place` writes into the array
