@@ -99,8 +99,9 @@ def _machine_scans(rng, style: np.ndarray, views: np.ndarray, counts: list[int])
 def test_a_style_group_holding_one_view_is_centred_as_its_nearest_group():
     """A machine's cardiac preset exports another frame size: frame-size grouping makes it a
     group of its own that holds one view, and centred on its own mean it would lose that view.
-    Its narrow spread gives it away; it is centred on its nearest group's mean instead. Groups
-    with several views are never folded, a small one (6 scans) included."""
+    Its narrow spread gives it away; it is centred on the mean of its nearest group that surely
+    holds several views (not a nearer two-view preset). Groups with several views are never
+    folded, a small one (6 scans) included."""
     rng = np.random.default_rng(3)
     dim = 48
     views = rng.normal(scale=0.8, size=(4, dim))
@@ -108,13 +109,16 @@ def test_a_style_group_holding_one_view_is_centred_as_its_nearest_group():
     groups = {"style-0": _machine_scans(rng, machine_a, views, [15, 15, 15, 15]),
               "style-1": _machine_scans(rng, machine_b, views, [25, 10, 10, 15]),
               "style-2": _machine_scans(rng, machine_a, views, [0, 12, 0, 0]),  # a's preset
-              "style-3": _machine_scans(rng, machine_b, views, [2, 1, 1, 2])}
+              "style-3": _machine_scans(rng, machine_b, views, [2, 1, 1, 2]),
+              "style-4": _machine_scans(rng, machine_a, views, [0, 0, 16, 3])}  # two views
     vectors = np.concatenate(list(groups.values()))
     sites = [site for site, rows in groups.items() for _ in rows]
     view_of = np.concatenate([np.repeat(np.arange(4), counts) for counts in
-                              ([15] * 4, [25, 10, 10, 15], [0, 12, 0, 0], [2, 1, 1, 2])])
+                              ([15] * 4, [25, 10, 10, 15], [0, 12, 0, 0], [2, 1, 1, 2],
+                                               [0, 0, 16, 3])])
     positions = {"style-0": np.array([0.0, 0.0]), "style-1": np.array([3.0, 3.0]),
-                 "style-2": np.array([0.6, -0.9]), "style-3": np.array([-4.0, 2.0])}
+                 "style-2": np.array([0.6, -0.9]), "style-3": np.array([-4.0, 2.0]),
+                 "style-4": np.array([0.9, -1.2])}
 
     folded = SiteCentering.fit(vectors, sites, positions)
     assert folded.folded == {"style-2": "style-0"}
