@@ -17,8 +17,8 @@ which is mostly the view. That fails for a group that holds one view: frame size
 machine's presets (a cardiac preset exports another frame), and a preset's mean is its view as
 much as its style. Such a group is recognised by its narrow spread (`one_view_sites`) and centred
 on the mean of the nearest style group that surely holds several views, most often its own
-machine's main preset
-(fetal-planes-db-large: purity at 15 clusters 0.900 -> 0.920, NMI at 6 0.656 -> 0.686).
+machine's main preset (fetal-planes-db-large: purity at 15 clusters 0.900 -> 0.920, NMI at 6
+0.656 -> 0.686).
 """
 
 from __future__ import annotations
