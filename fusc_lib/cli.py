@@ -222,7 +222,11 @@ def neighbors(
     use_gpu: option(NeighborsConfig, "use_gpu"),
     workdir: WorkdirOption,
 ) -> None:
-    """Mine the k nearest neighbours of every scan (faiss) in the site-centred embedding."""
+    """Mine the k nearest neighbours of every scan (faiss) in the site-centred embedding.
+
+    A style group that holds one view (a machine's preset: its embeddings spread less than
+    0.8 × the median group's) is centred on its nearest several-view group's mean; the
+    groups so centred are printed."""
     from fusc_lib.store import Workdir
     from jobs.neighbors import run_neighbors
 
