@@ -28,7 +28,7 @@ from fusc_lib.config import (
     SitesConfig,
     SSLConfig,
 )
-from fusc_lib.options import command_option, deprecated, given, option, settings, with_defaults
+from fusc_lib.options import command_of, command_option, deprecated, given, option, settings
 from fusc_lib.reporting import fail, say, user_errors
 
 app = typer.Typer(
@@ -47,8 +47,8 @@ def _add_groups() -> None:
 
 
 def command(name: str | None = None):
-    """`app.command`, for functions whose options carry their defaults (`fusc_lib.options`)."""
-    return lambda function: app.command(name)(with_defaults(function))
+    """`fusc`'s command `name` (`fusc_lib.options.command_of`)."""
+    return command_of(app, name)
 
 
 WorkdirOption = option(CommonOptions, "workdir", envvar="FUSC_WORKDIR")

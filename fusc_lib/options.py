@@ -5,8 +5,7 @@ its description as the help, its default as the option's. Used as a parameter's 
 with no `= default` (the default travels in the annotation; `with_defaults` puts it in the
 signature typer reads):
 
-    @app.command()
-    @with_defaults
+    @command_of(app)
     def cluster(heads: option(ClusterConfig, "heads"), ...):
         config = settings(ClusterConfig, locals())
 """
@@ -44,6 +43,23 @@ def with_defaults(command: Callable) -> Callable:
         for parameter in signature.parameters.values()]
     command.__signature__ = signature.replace(parameters=parameters)
     return command
+
+
+def command_of(app: typer.Typer, name: str | None = None) -> Callable[[Callable], Callable]:
+    """A decorator that makes a function `app`'s command `name` (default: the function's name,
+    as typer derives it): its parameters take the defaults their annotations carry
+    (`with_defaults`), and its docstring is the `--help` text with each paragraph's line breaks
+    removed, so the terminal wraps it (typer's rich help keeps the source's line breaks)."""
+    return lambda function: app.command(name, help=_reflowed(function.__doc__))(
+        with_defaults(function))
+
+
+def _reflowed(docstring: str | None) -> str | None:
+    """`docstring` dedented, each paragraph on one line."""
+    if not docstring:
+        return docstring
+    return "\n\n".join(" ".join(paragraph.split("\n"))
+                        for paragraph in inspect.cleandoc(docstring).split("\n\n"))
 
 
 def option(config: type[BaseModel], field: str, *flags: str, default: Any = _FIELD,

@@ -10,7 +10,7 @@ import typer
 
 from fusc_lib import reporting
 from fusc_lib.config import CommonOptions
-from fusc_lib.options import command_option, option, with_defaults
+from fusc_lib.options import command_of, command_option, option
 from fusc_lib.reporting import say, user_errors
 
 clusters = typer.Typer(name="clusters", no_args_is_help=True, help=(
@@ -29,7 +29,8 @@ ScanIds = Annotated[list[str], typer.Argument(help="Image ids (or a unique prefi
 
 
 def command(name: str):
-    return lambda function: clusters.command(name)(with_defaults(function))
+    """`fusc clusters`' command `name` (`fusc_lib.options.command_of`)."""
+    return command_of(clusters, name)
 
 
 def _review(workdir: str, cluster_model: str | None):

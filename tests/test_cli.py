@@ -128,3 +128,18 @@ def test_model_is_a_hidden_deprecated_alias(tmp_path):
 def test_frames_all_keeps_every_frame():
     assert IngestConfig(frames="all").frames is None
     assert IngestConfig(frames="16").frames == 16
+
+
+def test_help_wraps_each_paragraph_to_the_terminal():
+    """A command's description is wrapped by the terminal, not broken where its source line
+    ended: at 80 columns `neighbors --help` keeps "spread less than 0.8 × the median" on one
+    line (the docstring breaks the line after "less than")."""
+    for command in (["neighbors"], ["clusters", "review"]):
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        description = result.output.split("╭")[0]
+        lines = [line.strip() for line in description.splitlines()]
+        for line, following in zip(lines, lines[1:]):
+            assert not (line and following and len(line) < 50), (command, line)
+    assert "spread less than 0.8 × the median" in " ".join(
+        runner.invoke(app, ["neighbors", "--help"], env={"COLUMNS": "80"}).output.split())
