@@ -242,8 +242,12 @@ def one_view_sites(spreads: Mapping[str, float]) -> list[str]:
     site's mean, unbiased) is below ONE_VIEW_SPREAD × the median site's: a group that holds
     one view, such as a machine's cardiac preset that frame-size grouping split from its
     machine's other scans. Centring such a group on its own mean would remove the view."""
-    median = float(np.median(list(spreads.values()))) if spreads else 0.0
+    median = _median_spread(spreads)
     return [site for site, spread in spreads.items() if spread < ONE_VIEW_SPREAD * median]
+
+
+def _median_spread(spreads: Mapping[str, float]) -> float:
+    return float(np.median(list(spreads.values()))) if spreads else 0.0
 
 
 def _fold_one_view_sites(spreads: Mapping[str, float], positions: Mapping[str, np.ndarray]
@@ -251,7 +255,7 @@ def _fold_one_view_sites(spreads: Mapping[str, float], positions: Mapping[str, n
     """one-view site -> the nearest site (Euclidean, in `positions`) that surely holds several
     views (a spread at least the median's); only sites with a position take part."""
     one_view = set(one_view_sites(spreads))
-    median = float(np.median(list(spreads.values()))) if spreads else 0.0
+    median = _median_spread(spreads)
     targets = [site for site in spreads if site in positions and spreads[site] >= median]
     return {site: min(targets, key=lambda t: float(np.linalg.norm(positions[site] -
                                                                   positions[t])))
