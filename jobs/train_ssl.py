@@ -28,6 +28,7 @@ import ray.train.torch
 import torch
 
 from fusc_lib.artifacts import exists, read_bytes, write_bytes
+from fusc_lib.clustering import neighbours_used
 from fusc_lib.config import SSLConfig
 from fusc_lib.layout import ENCODER_INFO, LOSS_LOG, SSL_CONFIG, TRAINING_STATE
 from fusc_lib.models import create_backbone, create_method, create_views
@@ -122,8 +123,10 @@ def _neighbour_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
     return (ray.data.read_lance(workdir.table_uri(NEIGHBORS),
                                 columns=["image_id", "neighbor_ids"],
                                 filter=by_embedding(config.neighbors_of))
-            .map_batches(neighbour_pairs, fn_kwargs={"scans_uri": workdir.indexed_uri(SCANS)},
-                         batch_format="pyarrow"))
+            .map_batches(neighbour_pairs, fn_kwargs={
+                "scans_uri": workdir.indexed_uri(SCANS), "n_clusters": config.fusc_clusters,
+                "n_scans": workdir.neighbors(config.neighbors_of, ["image_id"]).num_rows},
+                batch_format="pyarrow"))
 
 
 def _site_rows(workdir: Workdir, config: SSLConfig) -> ray.data.Dataset:
@@ -141,11 +144,13 @@ def _images_by_id(scans_uri: str, image_ids: list[str]) -> dict[str, bytes]:
     return dict(zip(found.column("image_id").to_pylist(), found.column("image").to_pylist()))
 
 
-def neighbour_pairs(batch: pa.Table, scans_uri: str) -> pa.Table:
-    """Rows of `neighbors` -> the stored image of each scan and of one random neighbour."""
+def neighbour_pairs(batch: pa.Table, scans_uri: str, n_scans: int, n_clusters: int) -> pa.Table:
+    """Rows of `neighbors` -> the stored image of each scan and of one random neighbour among
+    its nearest `neighbours_used(k, n_scans, n_clusters)` (as the frozen heads pair them)."""
     rng = np.random.default_rng()
     anchors = batch.column("image_id").to_pylist()
-    partners = [ids[rng.integers(len(ids))] for ids in batch.column("neighbor_ids").to_pylist()]
+    partners = [ids[rng.integers(neighbours_used(len(ids), n_scans, n_clusters))]
+                for ids in batch.column("neighbor_ids").to_pylist()]
     image = _images_by_id(scans_uri, anchors + partners)
     return pa.table({"image": pa.array([image[i] for i in anchors], pa.binary()),
                      "neighbor": pa.array([image[i] for i in partners], pa.binary())})

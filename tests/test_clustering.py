@@ -10,6 +10,7 @@ from bench.heads import linear_probe, merged_by_linkage, merged_by_neighbors
 from fusc_lib.clustering import (
     PROTOTYPE_TEMPERATURE,
     TrainedHead,
+    neighbours_used,
     self_label,
     train_cluster_heads,
 )
@@ -160,3 +161,15 @@ def test_heads_and_self_label_train_within_their_budget_of_scans_seen(monkeypatc
     steps.clear()
     train_cluster_heads(x, neighbors, 4, n_heads=2, epochs=2, batch_size=100, samples=None)
     assert len(steps) == 2 * 20  # no budget: full passes
+
+
+def test_a_small_archive_pairs_each_scan_with_no_more_neighbours_than_half_a_cluster():
+    """60 scans in 5 groups of ~12 with 20 neighbours mined: at most 6 are paired (60 / 10),
+    so a scan's partners can all be of its group."""
+    assert neighbours_used(20, 60, 5) == 6 and neighbours_used(20, 600, 15) == 20
+    assert neighbours_used(20, 10, 8) == 1
+    x, labels = blobs(n=60, groups=5, spread=1.1, seed=3)
+    neighbors, _ = mine_neighbors(x, 20)
+    result = train_cluster_heads(x, neighbors, 5, seed=0)
+    assert result.config["k"] == 6
+    assert hungarian_accuracy(labels, result.assignments) >= 0.9
