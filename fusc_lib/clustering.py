@@ -58,8 +58,9 @@ class TrainedHead:
         return self.probabilities.argmax(dim=1).numpy()
 
     def loss_of(self, probabilities: torch.Tensor, neighbors: torch.Tensor) -> HeadLoss:
-        """The FUSC loss of a clustering as this head was trained on it (its λ and prior)."""
-        return head_loss(probabilities, neighbors,
+        """The FUSC loss of a clustering as this head was trained on it (its λ, prior and
+        number of neighbours paired, `neighbours_used`; (N, k) `neighbors`, nearest first)."""
+        return head_loss(probabilities, neighbors[:, :self.config.get("k", neighbors.shape[1])],
                          self.config.get("entropy_weight",
                                          default_of(ClusterConfig, "entropy_weight")),
                          self.config.get("prior"))

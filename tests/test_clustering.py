@@ -172,4 +172,8 @@ def test_a_small_archive_pairs_each_scan_with_no_more_neighbours_than_half_a_clu
     neighbors, _ = mine_neighbors(x, 20)
     result = train_cluster_heads(x, neighbors, 5, seed=0)
     assert result.config["k"] == 6
+    # Its loss is judged later (self-label's guard) on the neighbours it was trained with.
+    kept = result.head_losses[result.head_index].total
+    assert result.loss_of(result.probabilities, torch.as_tensor(neighbors)).total == \
+        pytest.approx(kept, rel=1e-5)
     assert hungarian_accuracy(labels, result.assignments) >= 0.9
